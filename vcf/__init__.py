@@ -1,0 +1,28 @@
+"""vcf: video collections to CNN features (frames, features, pool, concat, HDF5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Stage functions are imported lazily so that `import vcf` stays light (no torch until needed).
+_API = {
+    "frames": "vcf.frames",
+    "features": "vcf.features",
+    "pool": "vcf.pool",
+    "concat": "vcf.concat",
+    "to_h5": "vcf.h5",
+    "check": "vcf.check",
+    "merge": "vcf.shards",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'vcf' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""Entry point of ``python -m vcf``."""
+
+from vcf.cli import main
+
+main()

@@ -1,0 +1,209 @@
+"""Crash-safe output: temporary names then rename, fsync, output locks, manifests."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vcf.errors import LockedError, OutputExistsError, VcfError
+
+TMP_MARK = ".vcf-tmp"
+MANIFEST_NAME = "manifest.json"
+
+
+def temp_sibling(path: Path, tag: str = "") -> Path:
+    """A hidden temporary name next to ``path`` that the final name can be renamed from."""
+    return path.with_name(f".{path.name}{TMP_MARK}{tag}-{os.getpid()}")
+
+
+def fsync_dir(path: Path) -> None:
+    """Makes a rename inside ``path`` durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flushes a written file to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def describe_os_error(exc: OSError, path: Path | str) -> str:
+    """A one-line message for an I/O error while writing ``path``."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device while writing {path}; free space and run again to resume"
+    if exc.errno == errno.EIO:
+        return f"I/O error while writing {path}; check the disk and run again to resume"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turns OSErrors raised while writing ``path`` into one-line VcfErrors."""
+    try:
+        yield
+    except OSError as exc:
+        raise VcfError(describe_os_error(exc, path)) from exc
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    with writing(path):
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8 version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_path(path: Path) -> None:
+    """Removes a file or a directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def publish(tmp: Path, final: Path, overwrite: bool = False) -> None:
+    """Renames a finished temporary file or directory to its final name.
+
+    Raises:
+        OutputExistsError: ``final`` exists and ``overwrite`` is false.
+    """
+    if final.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{final} exists; use --overwrite to replace it")
+        trash = temp_sibling(final, ".old")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        remove_path(trash)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def clean_stale_temps(directory: Path) -> None:
+    """Removes temporary outputs that dead runs left in ``directory``."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name.startswith(".") and TMP_MARK in entry.name:
+            pid = entry.name.rsplit("-", 1)[-1]
+            if not (pid.isdigit() and pid_alive(int(pid))):
+                remove_path(entry)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """An exclusive lock on an output, held for the whole run.
+
+    POSIX record locks (``lockf``) are used rather than ``flock`` because forked worker processes
+    do not inherit them: a lock always dies with the process that took it, so a lock left by a
+    killed run is taken over at once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        """Takes the lock or raises LockedError naming the lock file and its owner's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise LockedError(f"{self.path} is locked by another vcf run (pid {owner}); wait for it to finish") from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Releases the lock; the lock file stays (removing it would race with a new owner)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of an output directory, or None if it has none."""
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """Stable JSON text of a manifest: same settings, same bytes."""
+    from vcf import __version__
+
+    return json.dumps({"vcf_version": __version__, **manifest}, indent=2, sort_keys=True) + "\n"
+
+
+def die_with_parent() -> None:
+    """Asks Linux to kill this (worker) process when its parent dies, e.g. by kill -9."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers are still cleaned up on normal exit
+        pass
