@@ -156,7 +156,9 @@ class OutputLock:
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise LockedError(f"{self.path} is locked by another vcf run (pid {owner}); wait for it to finish") from exc
+                raise LockedError(
+                    f"{self.path} is locked by another vcf run (pid {owner}); wait for it to finish"
+                ) from exc
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

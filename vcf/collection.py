@@ -104,7 +104,9 @@ class Collection:
         return self.root / ".vcf-shards"
 
 
-def resolve_collection(collection: str | os.PathLike[str], rootpath: str | os.PathLike[str] | None = None) -> Collection:
+def resolve_collection(
+    collection: str | os.PathLike[str], rootpath: str | os.PathLike[str] | None = None
+) -> Collection:
     """Finds a collection: a directory path, or else a name under the rootpath.
 
     Args:
@@ -120,6 +122,8 @@ def resolve_collection(collection: str | os.PathLike[str], rootpath: str | os.Pa
     direct = Path(collection).expanduser()
     if direct.is_dir():
         return Collection(direct.resolve())
+    if direct.is_absolute() or len(direct.parts) > 1:
+        raise CollectionError(f"collection directory {direct} not found")
     root = Path(rootpath).expanduser() if rootpath is not None else default_rootpath()
     named = root / str(collection)
     if named.is_dir():

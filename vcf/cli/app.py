@@ -39,7 +39,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """Video collections to CNN features: frames, features, pool, concat, HDF5.
 
@@ -52,30 +54,34 @@ class RichProgress:
     """Shows the library's progress events as rich progress bars (one bar per task)."""
 
     def __init__(self, quiet: bool) -> None:
-        self._progress = None if quiet else Progress(
-            TextColumn("{task.fields[label]:>8}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
+        self._progress = (
+            None
+            if quiet
+            else Progress(
+                TextColumn("{task.fields[label]:>8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=False,
+            )
         )
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> Callable[[ProgressEvent], None]:
-        if self._progress is not None:
-            self._progress.start()
         return self.callback
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._tasks:
             self._progress.stop()
 
     def callback(self, event: ProgressEvent) -> None:
         if self._progress is None:
             return
+        if not self._tasks:
+            self._progress.start()  # lazily, so that an early error prints nothing else
         if event.task not in self._tasks:
             self._tasks[event.task] = self._progress.add_task("", total=event.total, label=event.task)
         task_id = self._tasks[event.task]

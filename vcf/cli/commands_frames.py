@@ -1,0 +1,72 @@
+"""``vcf frames``: videos to sampled JPEG frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vcf.cli.app import app, report_failures, run_stage
+
+ROOTPATH_OPTION = typer.Option(
+    None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
+)
+
+
+@app.command("frames")
+def frames_command(
+    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    fps: float = typer.Option(None, "--fps", help="Keep the first frame at or after each 1/R seconds."),
+    every: int = typer.Option(None, "--every", help="Keep every N-th decoded frame."),
+    num_frames: int = typer.Option(None, "--num-frames", help="Keep K frames spread uniformly over each video."),
+    size: int = typer.Option(0, "--size", help="Resize saved frames so the shorter side is S (0 keeps the size)."),
+    quality: int = typer.Option(95, "--quality", help="JPEG quality."),
+    workers: int = typer.Option(None, "--workers", help="Videos decoded in parallel [default: CPU count]."),
+    relative_paths: bool = typer.Option(
+        False, "--relative-paths", help="Write image paths relative to the collection."
+    ),
+    video_timeout: float = typer.Option(
+        None, "--video-timeout", help="Seconds one video may take before it is reported as hung."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo every video, even complete ones."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
+    rootpath: Path = ROOTPATH_OPTION,
+) -> None:
+    """Decode every video in COLLECTION/VideoData into sampled JPEG frames.
+
+    Writes ImageData/<vid>/<vid>_<n>.jpg (n = decoded frame index), id.imagepath.txt,
+    id.videopath.txt, id.videometa.txt, VideoSets/ and ImageSets/. By default two frames a second
+    are kept, exactly as the original video-cnn-feat did. A rerun skips videos that are complete;
+    videos that fail are listed in frames.failures.txt and make the exit code 1.
+
+    \b
+    Example:
+        vcf frames toydata
+        vcf frames ~/VisualSearch/tgif --fps 1 --size 256 --workers 8
+    """
+    from vcf.frames import frames
+
+    result = run_stage(
+        frames,
+        quiet,
+        collection=collection,
+        rootpath=rootpath,
+        fps=fps,
+        every=every,
+        num_frames=num_frames,
+        size=size,
+        quality=quality,
+        workers=workers,
+        relative_paths=relative_paths,
+        overwrite=overwrite,
+        video_timeout=video_timeout,
+    )
+    if not quiet:
+        typer.echo(
+            f"{result.frames_total} frames of {result.videos - len(result.failures)} videos in {result.collection} "
+            f"({result.extracted} extracted, {result.skipped} already complete)",
+            err=True,
+        )
+    report_failures(result.failures, result.failures_file, quiet, what="video")
+    if result.failures:
+        raise typer.Exit(1)

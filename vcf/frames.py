@@ -1,0 +1,301 @@
+"""The ``frames`` stage: decode the videos of a collection and write sampled JPEG frames and the index files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from vcf import collection as layout
+from vcf.atomic import OutputLock, clean_stale_temps, fsync_dir, publish, remove_path, temp_sibling, writing
+from vcf.collection import Collection
+from vcf.errors import OutputExistsError, VcfError
+from vcf.progress import ProgressCallback, Reporter
+from vcf.sampling import Sampling
+from vcf.video import VideoError, decode_selected, resize_shorter_side
+from vcf.workers import TaskFailed, run_isolated
+
+# Written inside each frame directory, last, before the directory is renamed into place: its presence
+# under the final name means the directory is complete. Old tools that list ``*.jpg`` ignore it.
+FRAME_META = ".vcf-frames.json"
+LOCK_NAME = ".vcf-frames.lock"
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """Everything that decides the bytes of the written frames."""
+
+    sampling: Sampling
+    size: int = 0
+    quality: int = 95
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sampling": self.sampling.as_dict(), "size": self.size, "quality": self.quality}
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """The frames written for one video (the content of its FRAME_META file)."""
+
+    video_id: str
+    fps: float
+    frame_count: int
+    width: int
+    height: int
+    frames: tuple[int, ...]
+    settings: dict[str, Any] | None
+
+    @property
+    def int_fps(self) -> int:
+        return int(self.fps)
+
+
+@dataclass
+class FramesResult:
+    """What a ``frames`` run did.
+
+    Attributes:
+        collection: The collection directory.
+        videos: Number of videos found in VideoData.
+        extracted: Videos decoded in this run.
+        skipped: Videos whose frames were already complete.
+        frames_written: Frames written in this run.
+        frames_total: Frames listed in id.imagepath.txt.
+        failures: ``(video_id or file, reason)`` for each video that failed.
+        failures_file: Where the failures are listed (absent when there are none).
+    """
+
+    collection: Path
+    videos: int = 0
+    extracted: int = 0
+    skipped: int = 0
+    frames_written: int = 0
+    frames_total: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Task:
+    video_id: str
+    video_path: Path
+    final_dir: Path
+    settings: FrameSettings
+
+
+def read_frame_meta(frame_dir: Path) -> VideoFrames | None:
+    """Reads the completion record of a frame directory; None if the directory is not complete."""
+    try:
+        data = json.loads((frame_dir / FRAME_META).read_text(encoding="utf-8"))
+        return VideoFrames(
+            video_id=data["video_id"],
+            fps=float(data["fps"]),
+            frame_count=int(data["frame_count"]),
+            width=int(data["width"]),
+            height=int(data["height"]),
+            frames=tuple(int(n) for n in data["frames"]),
+            settings=data.get("settings"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _init_decoder_process() -> None:
+    # One OpenCV thread per process: parallelism comes from decoding several videos at once.
+    cv2.setNumThreads(1)
+
+
+def _extract_one(task: _Task) -> VideoFrames:
+    """Decodes one video into a temporary directory, then renames it into place (in a worker)."""
+    settings = task.settings
+    tmp = temp_sibling(task.final_dir)
+    remove_path(tmp)
+    tmp.mkdir(parents=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, settings.quality]
+    kept: list[int] = []
+    try:
+        meta, frames = decode_selected(task.video_path, settings.sampling)
+        for index, frame in frames:
+            frame = resize_shorter_side(frame, settings.size)
+            target = tmp / f"{Collection.frame_id(task.video_id, index)}.jpg"
+            with writing(target):
+                if not cv2.imwrite(str(target), frame, params):
+                    raise VcfError(f"cannot write {target}")
+            kept.append(index)
+        if not kept:
+            raise VideoError("no frame selected (video shorter than the sampling interval)")
+        result = VideoFrames(
+            video_id=task.video_id,
+            fps=meta.fps,
+            frame_count=_decoded_count(meta.frame_count, kept),
+            width=meta.width,
+            height=meta.height,
+            frames=tuple(kept),
+            settings=settings.as_dict(),
+        )
+        record = json.dumps({**result.__dict__, "frames": kept}, sort_keys=True)
+        meta_path = tmp / FRAME_META
+        with writing(meta_path):
+            meta_path.write_text(record, encoding="utf-8")
+            for entry in os.scandir(tmp):
+                fd = os.open(entry.path, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+            fsync_dir(tmp)
+            if task.final_dir.exists():
+                remove_path(task.final_dir)
+            publish(tmp, task.final_dir)
+        return result
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _decoded_count(container_count: int, kept: list[int]) -> int:
+    return container_count if container_count > 0 else kept[-1] + 1
+
+
+def frames(
+    collection: str | os.PathLike[str],
+    *,
+    rootpath: str | os.PathLike[str] | None = None,
+    fps: float | None = None,
+    every: int | None = None,
+    num_frames: int | None = None,
+    size: int = 0,
+    quality: int = 95,
+    workers: int | None = None,
+    relative_paths: bool = False,
+    overwrite: bool = False,
+    video_timeout: float | None = None,
+    progress: ProgressCallback | None = None,
+) -> FramesResult:
+    """Extracts sampled frames of every video of a collection and writes the index files.
+
+    Writes ``ImageData/<vid>/<vid>_<n>.jpg`` (``n`` = 0-based decoded frame index), then
+    ``id.imagepath.txt``, ``id.videopath.txt``, ``id.videometa.txt``, ``VideoSets/<c>.txt`` and
+    ``ImageSets/<c>.txt``. Videos whose frame directory is complete are skipped; a video that
+    fails is listed in ``frames.failures.txt`` and the others complete.
+
+    Args:
+        collection: Collection directory, or its name under ``rootpath``.
+        rootpath: Where named collections live.
+        fps: Keep the first frame at or after each ``k/fps`` seconds.
+        every: Keep every N-th decoded frame.
+        num_frames: Keep K frames spread uniformly over each video.
+        size: Resize saved frames so the shorter side is ``size`` (0 keeps the original size).
+        quality: JPEG quality (OpenCV's default 95 reproduces the original tool's files).
+        workers: Videos decoded in parallel (default: CPU count).
+        relative_paths: Write image paths relative to the collection instead of absolute.
+        overwrite: Redo every video.
+        video_timeout: Seconds one video may take before it is reported as hung.
+        progress: Receives progress events (``videos`` and ``frames``).
+
+    Returns:
+        A FramesResult; ``failures`` is non-empty when some videos failed.
+
+    Raises:
+        VcfError: The collection or its VideoData is missing, the output is locked by another run,
+            or existing frames were made with other settings and ``overwrite`` is false.
+
+    Example:
+        >>> vcf.frames("toydata", fps=1, size=256)  # doctest: +SKIP
+    """
+    if not 1 <= quality <= 100:
+        raise VcfError("--quality must be between 1 and 100")
+    if size < 0:
+        raise VcfError("--size must be >= 0")
+    settings = FrameSettings(Sampling(fps=fps, every=every, num_frames=num_frames), size=size, quality=quality)
+    coll = layout.resolve_collection(collection, rootpath)
+    reporter = Reporter(progress)
+    result = FramesResult(collection=coll.root)
+    with OutputLock(coll.root / LOCK_NAME):
+        videos, failures = _discover(coll)
+        result.videos = len(videos) + len(failures)
+        coll.image_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(coll.image_dir)
+
+        done: dict[str, VideoFrames] = {}
+        tasks: list[_Task] = []
+        conflicts: list[str] = []
+        for video_id, video_path in videos.items():
+            final = coll.frame_dir(video_id)
+            existing = None if overwrite else read_frame_meta(final)
+            if existing is not None and existing.settings not in (None, settings.as_dict()):
+                conflicts.append(video_id)
+            elif existing is not None:
+                done[video_id] = existing
+            else:
+                tasks.append(_Task(video_id, video_path, final, settings))
+        if conflicts:
+            raise OutputExistsError(
+                f"frames of {len(conflicts)} video(s) (e.g. {coll.frame_dir(conflicts[0])}) were extracted with "
+                f"other settings; use --overwrite to redo them with {settings.sampling.rule}"
+            )
+        result.skipped = len(done)
+        reporter.total("videos", result.videos)
+        reporter.advance("videos", result.skipped + len(failures))
+        workers = workers or os.cpu_count() or 1
+        for task, outcome in run_isolated(
+            _extract_one, tasks, workers=workers, timeout=video_timeout, initializer=_init_decoder_process
+        ):
+            if isinstance(outcome, TaskFailed):
+                failures.append((task.video_id, outcome.reason))
+            else:
+                done[task.video_id] = outcome
+                result.extracted += 1
+                result.frames_written += len(outcome.frames)
+                reporter.advance("frames", len(outcome.frames))
+            reporter.advance("videos", 1, description=task.video_id)
+
+        result.frames_total = _write_indexes(coll, videos, done, relative_paths)
+        result.failures = sorted(failures)
+        failures_path = coll.failures_file("frames")
+        layout.write_failures(failures_path, result.failures)
+        result.failures_file = failures_path if result.failures else None
+    return result
+
+
+def _discover(coll: Collection) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """Video ids and files; ids that cannot be used (whitespace, duplicates) become failures."""
+    videos: dict[str, Path] = {}
+    failures: list[tuple[str, str]] = []
+    for path in layout.list_video_files(coll):
+        video_id = layout.video_id_of(path)
+        relative = path.relative_to(coll.root)
+        if layout.has_whitespace(video_id):
+            # Ids live in space-separated index files: a space would corrupt every one of them.
+            failures.append((str(relative).replace(" ", "\\ "), "video id contains whitespace; rename the file"))
+        elif video_id in videos:
+            failures.append(
+                (str(relative), f"duplicate video id {video_id!r} (also {videos[video_id].relative_to(coll.root)})")
+            )
+        else:
+            videos[video_id] = path
+    return dict(sorted(videos.items())), failures
+
+
+def _write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, VideoFrames], relative: bool) -> int:
+    """Writes the index files from every complete video; returns the number of frames listed."""
+    video_ids = [v for v in videos if v in done]
+    image_lines = []
+    for video_id in video_ids:
+        for index in done[video_id].frames:
+            path = layout.format_index_path(coll, coll.frame_path(video_id, index), relative)
+            image_lines.append((Collection.frame_id(video_id, index), path))
+    layout.write_id_value_file(coll.imagepath_file, image_lines)
+    layout.write_id_value_file(
+        coll.videopath_file, [(v, layout.format_index_path(coll, videos[v], relative)) for v in video_ids]
+    )
+    layout.write_id_value_file(
+        coll.videometa_file,
+        [(v, f"{done[v].int_fps} {done[v].frame_count} {done[v].width} {done[v].height}") for v in video_ids],
+    )
+    layout.write_id_list(coll.videoset_file, video_ids)
+    layout.write_id_list(coll.imageset_file, [frame_id for frame_id, _ in image_lines])
+    return len(image_lines)
