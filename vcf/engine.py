@@ -1,0 +1,135 @@
+"""Running a feature extractor on batches: device and precision choice, normalisation on the device."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vcf.errors import VcfError
+from vcf.preprocess import normalize
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks the first CUDA device when there is one, else the CPU.
+
+    Raises:
+        VcfError: A CUDA device was asked for and none is usable.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise VcfError(f"unknown device {device!r}; use auto, cpu or cuda[:i]") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VcfError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise VcfError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles, where bf16 matrix work is several times faster than fp32."""
+    try:
+        return bool(torch._C._cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA devices that support it and on AMX CPUs, fp16 on older GPUs, else fp32."""
+    if precision not in PRECISIONS:
+        raise VcfError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise VcfError("--precision fp16 is for CUDA devices; use bf16 or fp32 on the CPU")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_amx() else "fp32"
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How uint8 inputs become the model's float inputs."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    value_scale: float = 1.0
+
+
+class Inference:
+    """A feature extractor placed on a device, run under inference mode with the chosen precision.
+
+    Args:
+        extractor: Module mapping a float batch to ``{layer: (N, D)}``.
+        normalization: Applied on the device to the uint8 batches.
+        device: Where to run.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (resolved, not ``auto``).
+        channels_last: Use the channels-last memory format (faster convolutions on CPU and GPU).
+    """
+
+    def __init__(
+        self,
+        extractor: torch.nn.Module,
+        normalization: Normalization,
+        device: torch.device,
+        precision: str,
+        channels_last: bool = True,
+    ) -> None:
+        self.device = device
+        self.precision = precision
+        self.normalization = normalization
+        self.channels_last = channels_last
+        self.model = extractor.eval().to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def __call__(self, batch: torch.Tensor, views: int = 1) -> dict[str, np.ndarray]:
+        """Runs one uint8 batch; ``views`` consecutive rows per item are averaged (ten-crop).
+
+        Returns:
+            ``{layer: float32 array (N / views, D)}`` on the host.
+        """
+        with torch.inference_mode():
+            x = batch.to(self.device, non_blocking=True)
+            x = normalize(x, self.normalization.mean, self.normalization.std, self.normalization.value_scale)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            elif self.channels_last and x.dim() == 5:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with self._autocast():
+                outputs = self.model(x)
+            result = {}
+            for layer, value in outputs.items():
+                value = value.float().flatten(1)
+                if views > 1:
+                    value = value.view(-1, views, value.shape[1]).mean(1)
+                result[layer] = value.cpu().numpy()
+            return result
+
+
+def fixed_batches(count: int, batch_size: int, chunk_size: int) -> Iterator[list[int]]:
+    """Index lists of the batches: fixed ranges inside fixed chunks, so a resumed run computes the same batches."""
+    for chunk_start in range(0, count, chunk_size):
+        chunk_end = min(count, chunk_start + chunk_size)
+        for start in range(chunk_start, chunk_end, batch_size):
+            yield list(range(start, min(chunk_end, start + batch_size)))
+
+
+def chunk_ranges(count: int, chunk_size: int) -> Sequence[range]:
+    """The chunks of ``count`` inputs: the unit of resumption."""
+    return [range(s, min(count, s + chunk_size)) for s in range(0, count, chunk_size)]

@@ -1,0 +1,411 @@
+"""The ``features`` stage: frames (or videos) to CNN features, written as resumable BigFiles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vcf import collection as layout
+from vcf.atomic import OutputLock, atomic_write_bytes, die_with_parent, fsync_dir, manifest_text, remove_path
+from vcf.bigfile import BigFileWriter, reusable_output
+from vcf.collection import Collection
+from vcf.engine import Inference, Normalization, chunk_ranges, fixed_batches, resolve_device, resolve_precision
+from vcf.errors import VcfError
+from vcf.preprocess import FrameTransform, ImageError, read_rgb
+from vcf.progress import ProgressCallback, Reporter
+
+DEFAULT_MODEL = "resnext101_32x48d_wsl"
+DEFAULT_LAYER = "avgpool"
+CHUNK_SIZE = 2048
+WORK_PREFIX = ".vcf-work-"
+
+
+@dataclass
+class FeaturesResult:
+    """What a ``features`` run did.
+
+    Attributes:
+        collection: The collection directory (None in CSV mode).
+        feature_dirs: The BigFile directory written (or found up to date) for each layer.
+        computed: Items computed in this run.
+        reused: Items taken from an interrupted earlier run, or from an up-to-date output.
+        shape: (rows, dims) of the first layer's output.
+        failures: ``(item id, reason)`` of the items left out.
+        failures_file: Where the failures are listed (None when there are none).
+        up_to_date: True when every output already existed with the same settings.
+    """
+
+    collection: Path | None
+    feature_dirs: dict[str, Path] = field(default_factory=dict)
+    computed: int = 0
+    reused: int = 0
+    shape: tuple[int, int] = (0, 0)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures_file: Path | None = None
+    up_to_date: bool = False
+
+
+def feature_name(model: str, layer: str, oversample: bool) -> str:
+    """The feature directory name: ``<model>,<layer>[,os]`` (``/`` in timm names becomes ``_``)."""
+    return f"{model.replace('/', '_')},{layer}" + (",os" if oversample else "")
+
+
+def _worker_init(_: int) -> None:
+    die_with_parent()
+    # Each loader process decodes one image at a time; the cores belong to the model and the other workers.
+    torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+class ImageDataset(Dataset):
+    """Reads and preprocesses one image per index; a bad image yields its reason instead of a tensor."""
+
+    def __init__(self, paths: Sequence[Path], transform: FrameTransform) -> None:
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.transform(read_rgb(self.paths[index])), None
+        except ImageError as exc:
+            return index, None, str(exc)
+        except Exception as exc:  # any decoder surprise is one bad image, not a dead run
+            return index, None, f"cannot preprocess image: {exc}"
+
+
+@dataclass
+class Batch:
+    """Preprocessed images of one batch and the indices that failed."""
+
+    indices: list[int]
+    pixels: torch.Tensor | None
+    failed: list[tuple[int, str]]
+
+    def pin_memory(self) -> Batch:
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+def collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
+    good = [(i, t) for i, t, _ in samples if t is not None]
+    return Batch(
+        indices=[i for i, _ in good],
+        pixels=torch.cat([t for _, t in good]) if good else None,
+        failed=[(i, reason) for i, t, reason in samples if t is None and reason is not None],
+    )
+
+
+def _resolve_model(model: str, layers: Sequence[str], weights: str | os.PathLike[str] | None) -> tuple[Any, Any, Any]:
+    from vcf.models import build_extractor, get_model
+
+    record = get_model(model)
+    unknown = [layer for layer in layers if layer not in record.layers and layer not in ("fc", "logits")]
+    if unknown:
+        raise VcfError(f"model {record.name} has no layer {unknown[0]!r}; layers: {', '.join(record.layers)}")
+    extractor, weights_info = build_extractor(record, list(layers), weights_path=weights)
+    return record, extractor, weights_info
+
+
+def features(
+    collection: str | os.PathLike[str],
+    *,
+    model: str = DEFAULT_MODEL,
+    layers: Sequence[str] = (DEFAULT_LAYER,),
+    oversample: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    weights: str | os.PathLike[str] | None = None,
+    rootpath: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> FeaturesResult:
+    """Computes CNN features of the frames listed in ``id.imagepath.txt``.
+
+    Writes ``FeatureData/<model>,<layer>[,os]/`` (BigFile, rows in id.imagepath.txt order) for each
+    layer, with a ``manifest.json``. Work is saved in chunks as it goes: an interrupted run resumes
+    where it stopped and ends with the same bytes an uninterrupted run writes. Images that cannot be
+    read are left out and listed in ``features.failures.txt``.
+
+    Args:
+        collection: Collection directory, or its name under ``rootpath``.
+        model: A registry name (``vcf models`` lists them).
+        layers: Layers to write, e.g. ``avgpool`` (pooled penultimate vector) and ``fc``/``logits``.
+        oversample: Average the outputs of ten crops (adds ``,os`` to the feature name).
+        batch_size: Images per forward pass.
+        workers: Image decoding processes (default: CPU count; 0 decodes in this process).
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        weights: A local state_dict or checkpoint to use instead of the model's published weights.
+        rootpath: Where named collections live.
+        overwrite: Replace outputs made with other settings.
+        progress: Receives ``images`` progress events.
+
+    Returns:
+        A FeaturesResult.
+
+    Raises:
+        VcfError: Missing index, malformed index line, unknown model or layer, weights that cannot be
+            loaded, outputs made with other settings, a lock held by another run.
+
+    Example:
+        >>> vcf.features("toydata", model="efficientnet_lite0", layers=["avgpool", "fc"])  # doctest: +SKIP
+    """
+    if batch_size < 1:
+        raise VcfError("--batch-size must be >= 1")
+    layers = list(dict.fromkeys(layers))
+    coll = layout.resolve_collection(collection, rootpath)
+    items = layout.read_imagepath(coll)
+    if not items:
+        raise VcfError(f"{coll.imagepath_file} lists no images")
+    torch_device = resolve_device(device)
+    chosen_precision = resolve_precision(precision, torch_device)
+    record, extractor, weights_info = _resolve_model(model, layers, weights)
+    pre = record.preprocess
+    transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, oversample)
+    settings = {
+        "model": record.name,
+        "weights": {"source": weights_info.source, "sha256": weights_info.sha256},
+        "preprocessing": {
+            **transform.describe(),
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "value_scale": pre.value_scale,
+        },
+        "precision": chosen_precision,
+        "batch_size": batch_size,
+        "input": {
+            "index": coll.imagepath_file.name,
+            "sha256": hashlib.sha256(coll.imagepath_file.read_bytes()).hexdigest(),
+            "count": len(items),
+        },
+    }
+    result = FeaturesResult(collection=coll.root)
+    outputs = {layer: coll.feature_dir(feature_name(record.name, layer, oversample)) for layer in layers}
+    result.feature_dirs = dict(outputs)
+    coll.feature_root.mkdir(parents=True, exist_ok=True)
+    lock_key = hashlib.sha1("+".join(sorted(str(p) for p in outputs.values())).encode()).hexdigest()[:12]
+    with OutputLock(coll.feature_root / f".vcf-features-{lock_key}.lock"):
+        pending = {}
+        for layer, out_dir in outputs.items():
+            manifest = {**settings, "layer": layer, "oversample": oversample}
+            if reusable_output(out_dir, manifest, overwrite=overwrite) is None:
+                pending[layer] = manifest
+        if not pending:
+            result.up_to_date = True
+            result.reused = len(items)
+            result.failures = _read_failures(coll)
+            result.failures_file = coll.failures_file("features") if result.failures else None
+            return result
+
+        run = ChunkedRun(
+            coll.feature_root / (WORK_PREFIX + _digest({"settings": settings, "layers": layers, "os": oversample})),
+            count=len(items),
+            chunk_size=CHUNK_SIZE,
+            settings={"settings": settings, "layers": layers, "oversample": oversample},
+        )
+        inference = Inference(
+            extractor,
+            # Registry means and stds are on the [0, 1] scale whatever the model's original value scale.
+            Normalization(tuple(pre.mean), tuple(pre.std)),
+            torch_device,
+            chosen_precision,
+        )
+        dataset = ImageDataset([path for _, path in items], transform)
+        ids = [frame_id for frame_id, _ in items]
+        reporter = Reporter(progress)
+        reporter.total("images", len(items))
+        result.reused = run.done_count()
+        reporter.advance("images", result.reused)
+        result.computed = _run_chunks(run, dataset, ids, inference, transform.views, batch_size, workers, reporter)
+
+        failures = run.failures(ids)
+        for layer, manifest in pending.items():
+            dims = run.write_bigfile(layer, ids, outputs[layer], {**manifest, "failures": len(failures)}, overwrite)
+            result.shape = (len(ids) - len(failures), dims)
+        run.remove()
+        result.failures = failures
+        failures_path = coll.failures_file("features")
+        layout.write_failures(failures_path, failures)
+        result.failures_file = failures_path if failures else None
+    return result
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_failures(coll: Collection) -> list[tuple[str, str]]:
+    path = coll.failures_file("features")
+    if not path.is_file():
+        return []
+    return [tuple(line.split(" ", 1)) for line in path.read_text(encoding="utf-8").splitlines() if " " in line]  # type: ignore[misc]
+
+
+def _run_chunks(
+    run: ChunkedRun,
+    dataset: Dataset,
+    ids: Sequence[str],
+    inference: Inference,
+    views: int,
+    batch_size: int,
+    workers: int | None,
+    reporter: Reporter,
+) -> int:
+    """Computes every chunk not saved yet; returns the number of items computed."""
+    todo = [c for c in range(len(run.chunks)) if not run.is_done(c)]
+    if not todo:
+        return 0
+    batches = [b for b in fixed_batches(run.count, batch_size, run.chunk_size) if b[0] // run.chunk_size in todo]
+    workers = os.cpu_count() or 1 if workers is None else workers
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=inference.device.type == "cuda",
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+    computed = 0
+    buffer = ChunkBuffer()
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending_write: Future[None] | None = None
+        for batch in loader:
+            if batch.pixels is not None:
+                buffer.add(batch.indices, inference(batch.pixels, views))
+            buffer.failed.extend(batch.failed)
+            size = len(batch.indices) + len(batch.failed)
+            computed += size
+            reporter.advance("images", size)
+            last = (batch.indices + [i for i, _ in batch.failed])
+            chunk = max(last) // run.chunk_size
+            if max(last) + 1 == run.chunks[chunk].stop:
+                if pending_write is not None:
+                    pending_write.result()
+                pending_write = writer.submit(run.save_chunk, chunk, buffer, ids)
+                buffer = ChunkBuffer()
+        if pending_write is not None:
+            pending_write.result()
+    return computed
+
+
+@dataclass
+class ChunkBuffer:
+    """Outputs of one chunk while it is being computed."""
+
+    indices: list[int] = field(default_factory=list)
+    layers: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, indices: list[int], outputs: dict[str, np.ndarray]) -> None:
+        self.indices.extend(indices)
+        for layer, value in outputs.items():
+            self.layers.setdefault(layer, []).append(value)
+
+
+class ChunkedRun:
+    """The work directory of one run: finished chunks saved as files, so a rerun continues after them.
+
+    A chunk is a fixed range of input rows. Its file ``chunk-<k>.npz`` (ids, failures, one array per
+    layer) appears, by rename, only once complete; the work directory is removed after the final
+    BigFiles are written.
+    """
+
+    def __init__(self, directory: Path, *, count: int, chunk_size: int, settings: dict[str, Any]) -> None:
+        self.directory = directory
+        self.count = count
+        self.chunk_size = chunk_size
+        self.chunks = chunk_ranges(count, chunk_size)
+        settings_file = directory / "settings.json"
+        text = json.dumps(settings, sort_keys=True, indent=1)
+        if directory.is_dir() and (not settings_file.is_file() or settings_file.read_text() != text):
+            remove_path(directory)  # made by another version or settings: not resumable
+        directory.mkdir(parents=True, exist_ok=True)
+        if not settings_file.is_file():
+            atomic_write_bytes(settings_file, text.encode())
+
+    def _path(self, chunk: int) -> Path:
+        return self.directory / f"chunk-{chunk:06d}.npz"
+
+    def is_done(self, chunk: int) -> bool:
+        return self._path(chunk).is_file()
+
+    def done_count(self) -> int:
+        return sum(len(r) for c, r in enumerate(self.chunks) if self.is_done(c))
+
+    def save_chunk(self, chunk: int, buffer: ChunkBuffer, ids: Sequence[str]) -> None:
+        arrays = {f"layer:{k}": np.concatenate(v).astype(np.float32, copy=False) for k, v in buffer.layers.items()}
+        arrays["indices"] = np.asarray(buffer.indices, dtype=np.int64)
+        arrays["failed_indices"] = np.asarray([i for i, _ in buffer.failed], dtype=np.int64)
+        arrays["failed_reasons"] = np.asarray([r for _, r in buffer.failed], dtype=np.str_)
+        tmp = self.directory / f".chunk-{chunk:06d}.tmp"
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._path(chunk))
+        fsync_dir(self.directory)
+
+    def _load(self, chunk: int) -> Any:
+        return np.load(self._path(chunk), allow_pickle=False)
+
+    def failures(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        found = []
+        for chunk in range(len(self.chunks)):
+            data = self._load(chunk)
+            found.extend((ids[int(i)], str(r)) for i, r in zip(data["failed_indices"], data["failed_reasons"]))
+        return found
+
+    def write_bigfile(self, layer: str, ids: Sequence[str], out_dir: Path, manifest: dict, overwrite: bool) -> int:
+        """Assembles the chunks' rows of ``layer`` into a BigFile; returns its dims."""
+        writer: BigFileWriter | None = None
+        try:
+            for chunk in range(len(self.chunks)):
+                data = self._load(chunk)
+                key = f"layer:{layer}"
+                if key not in data.files:
+                    continue
+                array = data[key]
+                if writer is None:
+                    writer = BigFileWriter(out_dir, array.shape[1], overwrite=overwrite, manifest=manifest)
+                writer.append([ids[int(i)] for i in data["indices"]], array)
+            if writer is None:
+                raise VcfError(f"no image could be read, nothing to write to {out_dir}; see features.failures.txt")
+            writer.close()
+            return writer.dim
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def iter_feature_names(model: str, layers: Sequence[str], oversample: bool) -> Iterator[str]:
+    """The feature directory names a run writes."""
+    for layer in layers:
+        yield feature_name(model, layer, oversample)
+
+
+__all__ = ["FeaturesResult", "features", "feature_name", "manifest_text"]

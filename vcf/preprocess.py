@@ -1,0 +1,106 @@
+"""Image preprocessing: decode, resize, crop (or ten-crop) to uint8 tensors; normalisation happens on the device."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as tvf
+
+OVERSAMPLE_RESIZE = 256
+OVERSAMPLE_CROP = 224
+_INTERPOLATION = {
+    "bilinear": tvf.InterpolationMode.BILINEAR,
+    "bicubic": tvf.InterpolationMode.BICUBIC,
+    "nearest": tvf.InterpolationMode.NEAREST,
+}
+
+
+class ImageError(Exception):
+    """An image that cannot be read or decoded; the message is the reason shown to the user."""
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads an image file as an RGB uint8 array (H, W, 3).
+
+    Raises:
+        ImageError: Missing, unreadable, empty or undecodable file.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageError("image file not found") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image: {exc.strerror}") from None
+    if data.size == 0:
+        raise ImageError("empty image file (0 bytes)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError("cannot decode image (corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class FrameTransform:
+    """Turns an RGB uint8 frame into the model's input crop(s), still uint8 (normalised later, on the device).
+
+    Single view: resize the shorter side to ``resize`` (antialiased, like PIL), centre crop ``crop``.
+    Oversampling: resize the shorter side to 256 and take torchvision's TenCrop(224) order: the four
+    corners and the centre, then the same five of the horizontally flipped image.
+
+    Args:
+        resize: Target of the shorter side.
+        crop: Side of the square crop.
+        interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
+        oversample: Produce the ten crops instead of one.
+    """
+
+    def __init__(self, resize: int, crop: int, interpolation: str = "bilinear", oversample: bool = False) -> None:
+        self.resize = OVERSAMPLE_RESIZE if oversample else resize
+        self.crop = OVERSAMPLE_CROP if oversample else crop
+        self.interpolation = _INTERPOLATION[interpolation]
+        self.oversample = oversample
+
+    @property
+    def views(self) -> int:
+        """Crops per image."""
+        return 10 if self.oversample else 1
+
+    def describe(self) -> dict[str, Any]:
+        """The settings, for manifests."""
+        return {
+            "resize_shorter_side": self.resize,
+            "crop": self.crop,
+            "interpolation": self.interpolation.value,
+            "antialias": True,
+            "ten_crop": self.oversample,
+            "decoder": "opencv",
+        }
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB to (views, 3, crop, crop) uint8."""
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        image = tvf.resize(image, [self.resize], interpolation=self.interpolation, antialias=True)
+        if not self.oversample:
+            return tvf.center_crop(image, [self.crop, self.crop]).unsqueeze(0).contiguous()
+        crops = tvf.ten_crop(image, [self.crop, self.crop])
+        return torch.stack(crops).contiguous()
+
+
+def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], value_scale: float = 1.0) -> torch.Tensor:
+    """uint8 (N, 3, H, W) or (N, 3, T, H, W) to float32, ``(x / 255 * value_scale - mean) / std``.
+
+    ``mean`` and ``std`` are in the model's value scale (``value_scale`` 255 for models trained on
+    0-255 inputs, whose mean is then given in 0-255 units too).
+    """
+    shape = (1, 3) + (1,) * (batch.dim() - 2)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(shape)
+    scale = value_scale / 255.0
+    return (batch.float() * scale - mean_t) / std_t
+
+
