@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,9 +26,9 @@ A = "mean_resnext,avgpool,os"
 B = "mean_resnet-152,flatten0_output"
 
 
-def add_feature(root: Path, name: str, ids: list[str], dim: int, seed: int) -> np.ndarray:
+def add_feature(root: Path, name: str, ids: list[str], dim: int, seed: int, **kwargs: Any) -> np.ndarray:
     values = np.random.default_rng(seed).standard_normal((len(ids), dim)).astype(np.float32)
-    write_bigfile(Collection(root).feature_dir(name), ids, values)
+    write_bigfile(Collection(root).feature_dir(name), ids, values, **kwargs)
     return values
 
 
@@ -128,13 +129,16 @@ def test_rerun_and_overwrite(tmp_path: Path) -> None:
     add_feature(root, B, ["y", "x"], 2, 2)
     concat(root, f"{A}+{B}")
     assert concat(root, f"{A}+{B}").skipped
-    write_bigfile(Collection(root).feature_dir(B), ["y", "x"], np.zeros((2, 2)), overwrite=True)
-    # Same ids and shape but a fresh copy: the ids digest matches, so it is still up to date.
+    # Same ids, shape and manifest: an input rewritten identically keeps the output up to date.
+    add_feature(root, B, ["y", "x"], 2, 2, overwrite=True)
     assert concat(root, f"{A}+{B}").skipped
-    write_bigfile(Collection(root).feature_dir(B), ["x", "y"], np.zeros((2, 2)), overwrite=True)
-    with pytest.raises(OutputExistsError):
-        concat(root, f"{A}+{B}")
-    assert not concat(root, f"{A}+{B}", overwrite=True).skipped
+    # Other ids order, or another manifest (recomputed with other settings): out of date.
+    for ids, manifest in ((["x", "y"], None), (["y", "x"], {"model": "other"})):
+        add_feature(root, B, ids, 2, 2, overwrite=True, manifest=manifest)
+        with pytest.raises(OutputExistsError, match="other input"):
+            concat(root, f"{A}+{B}")
+        assert not concat(root, f"{A}+{B}", overwrite=True).skipped
+        assert concat(root, f"{A}+{B}").skipped
 
 
 def test_cli_concat(tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ def reference_features(model: str, paths: list[Path], layer: str, oversample: bo
         image = Image.open(path).convert("RGB")
         with torch.no_grad():
             if oversample:
-                crops = transforms.TenCrop(224)(transforms.Resize(256)(image))
+                resize = transforms.Resize(256, interpolation=transforms.InterpolationMode(pre.interpolation))
+                crops = transforms.TenCrop(224)(resize(image))
                 batch = torch.stack([normalize(to_tensor(c)) for c in crops])
                 rows.append(extractor(batch)[layer].flatten(1).mean(0).numpy())
             else:
@@ -99,7 +100,7 @@ def test_several_layers_in_one_pass_and_manifest(framed_reference: Path) -> None
     for layer in ("avgpool", "fc"):
         big = BigFile(result.feature_dirs[layer])
         assert big.shape() == [11, record.layers[layer]]
-        manifest = big.manifest()
+        manifest = big.manifest
         assert manifest["model"] == TINY and manifest["layer"] == layer
         assert manifest["precision"] == "fp32" and len(manifest["weights"]["sha256"]) == 64
         assert manifest["preprocessing"]["crop"] == record.preprocess.crop
@@ -121,7 +122,9 @@ def test_resume_after_interruption_is_byte_identical(framed_reference: Path, mon
     monkeypatch.setattr(stage, "CHUNK_SIZE", 4)
     whole = features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
     directory = whole.feature_dirs["avgpool"]
-    reference = {name: (directory / name).read_bytes() for name in ("feature.bin", "id.txt", "shape.txt", "manifest.json")}
+    reference = {
+        name: (directory / name).read_bytes() for name in ("feature.bin", "id.txt", "shape.txt", "manifest.json")
+    }
     shutil.rmtree(directory)
 
     calls = {"n": 0}
@@ -172,7 +175,8 @@ def test_malformed_index_and_unknown_model(framed_reference: Path) -> None:
 
 def test_cli_features(framed_reference: Path) -> None:
     result = runner.invoke(
-        app, ["features", str(framed_reference), "--model", TINY, "--layer", "fc", "--precision", "fp32", "--workers", "0"]
+        app,
+        ["features", str(framed_reference), "--model", TINY, "--layer", "fc", "--precision", "fp32", "--workers", "0"],
     )
     assert result.exit_code == 0, result.output
     assert f"{TINY},fc" in result.output

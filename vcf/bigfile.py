@@ -30,7 +30,6 @@ from vcf.progress import ProgressCallback, Reporter
 BIN_NAME = "feature.bin"
 ID_NAME = "id.txt"
 SHAPE_NAME = "shape.txt"
-TEXT_NAME = "id.feature.txt"
 
 # feature.bin is little-endian float32 (what the original tools wrote on x86), whatever this machine is.
 DTYPE = np.dtype("<f4")
@@ -217,11 +216,19 @@ class BigFile:
         return digest.hexdigest()
 
     def describe(self) -> dict[str, Any]:
-        """What a manifest records about this BigFile as an input: shape, size and ids digest."""
+        """What a manifest records about this BigFile as an input.
+
+        Shape, size, a digest of the ids and a digest of its own manifest.json (None when it has
+        none): a feature recomputed with other settings has another manifest, so outputs made from
+        the old one are no longer up to date.
+        """
+        manifest_path = self.datadir / MANIFEST_NAME
+        manifest_sha1 = hashlib.sha1(manifest_path.read_bytes()).hexdigest() if manifest_path.is_file() else None
         return {
             "shape": self.shape(),
             "bytes": self.nr_of_images * self.ndims * ITEMSIZE,
             "ids_sha1": self.ids_digest(),
+            "manifest_sha1": manifest_sha1,
         }
 
     def __len__(self) -> int:
@@ -347,7 +354,7 @@ class BigFileWriter:
                 raise FeatureFileError(f"duplicate id {name!r} written to {self.final_dir}")
             self._seen.add(name)
         with writing(self.final_dir):
-            self._bin.write(np.ascontiguousarray(values).tobytes())
+            self._bin.write(np.ascontiguousarray(values).data)
         self.ids.extend(ids)
 
     def close(self) -> Path:

@@ -285,6 +285,9 @@ def _run_chunks(
         worker_init_fn=_worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
+        # Not fork: a forked child inherits OpenCV's and OpenMP's thread pools in whatever state the
+        # parent left them, and touching them deadlocks. The fork server starts clean and forks cheaply.
+        multiprocessing_context="forkserver" if workers > 0 else None,
     )
     computed = 0
     buffer = ChunkBuffer()
@@ -297,7 +300,7 @@ def _run_chunks(
             size = len(batch.indices) + len(batch.failed)
             computed += size
             reporter.advance("images", size)
-            last = (batch.indices + [i for i, _ in batch.failed])
+            last = batch.indices + [i for i, _ in batch.failed]
             chunk = max(last) // run.chunk_size
             if max(last) + 1 == run.chunks[chunk].stop:
                 if pending_write is not None:
@@ -408,4 +411,4 @@ def iter_feature_names(model: str, layers: Sequence[str], oversample: bool) -> I
         yield feature_name(model, layer, oversample)
 
 
-__all__ = ["FeaturesResult", "features", "feature_name", "manifest_text"]
+__all__ = ["FeaturesResult", "feature_name", "features", "manifest_text"]

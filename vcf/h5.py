@@ -230,8 +230,9 @@ def _bigfile_to_h5(
                 if "/" in video or video == ".":
                     raise VcfError(f"video id {video!r} cannot be an HDF5 dataset name")
                 block = np.asarray(matrix[rows], dtype=np.float32)
-                dataset = _create(h5, video, block.shape, np.float32, compression)
-                dataset[...] = block
+                # A video's frames are read whole, so chunks are only needed for compression.
+                chunks = _chunks(block.shape, block.itemsize) if compression else None
+                dataset = h5.create_dataset(video, data=block, chunks=chunks, compression=compression)
                 dataset.attrs["frame_index"] = np.asarray(
                     [split_frame_id(source.names[r])[1] for r in rows], dtype=np.int64  # type: ignore[index]
                 )
@@ -257,6 +258,10 @@ def _bigfile_to_h5(
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            # np.load would try unpickling it and blame pickled data.
+            raise ValueError("not a .npy file (no NUMPY header)")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from vcf.cli import (  # noqa: F401  (registers commands)
+    commands_check,
+    commands_features,
+    commands_frames,
+    commands_models,
+    commands_post,
+)
 from vcf.cli.app import app, main
-from vcf.cli import commands_features, commands_frames  # noqa: F401  (registers commands)
-from vcf.cli import commands_post  # noqa: F401
 
 __all__ = ["app", "main"]

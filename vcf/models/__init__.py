@@ -1,0 +1,44 @@
+"""The models vcf extracts features with: registry, weights and feature extractor."""
+
+from __future__ import annotations
+
+from vcf.models.extractor import FeatureExtractor, build_extractor
+from vcf.models.registry import (
+    LAYER_ALIASES,
+    ModelRecord,
+    Preprocess,
+    WeightsSource,
+    get_model,
+    list_models,
+    register,
+)
+from vcf.models.weights import (
+    WeightsInfo,
+    cache_dir,
+    cached_path,
+    file_sha256,
+    load_state,
+    load_weights,
+    weights_file,
+    weights_status,
+)
+
+__all__ = [
+    "LAYER_ALIASES",
+    "FeatureExtractor",
+    "ModelRecord",
+    "Preprocess",
+    "WeightsInfo",
+    "WeightsSource",
+    "build_extractor",
+    "cache_dir",
+    "cached_path",
+    "file_sha256",
+    "get_model",
+    "list_models",
+    "load_state",
+    "load_weights",
+    "register",
+    "weights_file",
+    "weights_status",
+]
