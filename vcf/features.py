@@ -40,7 +40,7 @@ class FeaturesResult:
         feature_dirs: The BigFile directory written (or found up to date) for each layer.
         computed: Items computed in this run.
         reused: Items taken from an interrupted earlier run, or from an up-to-date output.
-        shape: (rows, dims) of the first layer's output.
+        shapes: (rows, dims) of each layer's output.
         failures: ``(item id, reason)`` of the items left out.
         failures_file: Where the failures are listed (None when there are none).
         up_to_date: True when every output already existed with the same settings.
@@ -50,7 +50,7 @@ class FeaturesResult:
     feature_dirs: dict[str, Path] = field(default_factory=dict)
     computed: int = 0
     reused: int = 0
-    shape: tuple[int, int] = (0, 0)
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
     failures_file: Path | None = None
     up_to_date: bool = False
@@ -206,9 +206,12 @@ def features(
     with OutputLock(coll.feature_root / f".vcf-features-{lock_key}.lock"):
         pending = {}
         for layer, out_dir in outputs.items():
-            manifest = {**settings, "layer": layer, "oversample": oversample}
-            if reusable_output(out_dir, manifest, overwrite=overwrite) is None:
+            manifest = {**settings, "layer": layer, "oversample": oversample, "level": "frame"}
+            existing = reusable_output(out_dir, manifest, overwrite=overwrite)
+            if existing is None:
                 pending[layer] = manifest
+            else:
+                result.shapes[layer] = (existing.nr_of_images, existing.ndims)
         if not pending:
             result.up_to_date = True
             result.reused = len(items)
@@ -240,7 +243,7 @@ def features(
         failures = run.failures(ids)
         for layer, manifest in pending.items():
             dims = run.write_bigfile(layer, ids, outputs[layer], {**manifest, "failures": len(failures)}, overwrite)
-            result.shape = (len(ids) - len(failures), dims)
+            result.shapes[layer] = (len(ids) - len(failures), dims)
         run.remove()
         result.failures = failures
         failures_path = coll.failures_file("features")

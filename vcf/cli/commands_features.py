@@ -59,8 +59,9 @@ def features_command(
     )
     if not quiet:
         state = "up to date" if result.up_to_date else f"{result.computed} computed, {result.reused} resumed"
-        for directory in result.feature_dirs.values():
-            typer.echo(f"{directory}  {result.shape[0]} x {result.shape[1]}  ({state})", err=True)
+        for layer, directory in result.feature_dirs.items():
+            rows, dims = result.shapes.get(layer, (0, 0))
+            typer.echo(f"{directory}  {rows} x {dims}  ({state})", err=True)
     report_failures(result.failures, result.failures_file, quiet, what="image")
     if result.failures:
         raise typer.Exit(1)
