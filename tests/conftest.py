@@ -38,3 +38,19 @@ def reference_collection(tmp_path: Path, reference_dir: Path) -> Path:
     (root / "VideoData").mkdir(parents=True)
     shutil.copy(reference_dir / "VideoData" / "shot00001_1.webm", root / "VideoData")
     return root
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--faults", action="store_true", default=False, help="run the full fault matrix (also: VCF_FAULTS=full)"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Prints the fault table when tests of the fault matrix ran."""
+    import sys
+
+    faults = sys.modules.get("faults")
+    if faults is not None and faults.RESULTS:
+        terminalreporter.section("fault matrix")
+        terminalreporter.write_line(faults.format_table())

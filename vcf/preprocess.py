@@ -94,7 +94,7 @@ class FrameTransform:
             image = tvf.resize(image, [self.resize], interpolation=self.interpolation, antialias=True)
         else:
             # Its bicubic kernel rounds differently from PIL's, which the published models were evaluated with.
-            image = torch.from_numpy(np.asarray(self._pil_resize(rgb))).permute(2, 0, 1)
+            image = torch.from_numpy(np.array(self._pil_resize(rgb))).permute(2, 0, 1)
         if not self.oversample:
             return tvf.center_crop(image, [self.crop, self.crop]).unsqueeze(0).contiguous()
         crops = tvf.ten_crop(image, [self.crop, self.crop])

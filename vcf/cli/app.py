@@ -26,7 +26,8 @@ app = typer.Typer(
 
 # soft_wrap keeps long paths on one line when stderr is a file or a pipe (rich would wrap at 80).
 err_console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
+# Tables printed to a pipe or file get a wide fixed width instead of rich's 80-column fallback.
+out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 T = TypeVar("T")
 
