@@ -19,11 +19,13 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KNOBS_ENV = "VCF_FAULT_KNOBS"
 TAG_ENV = "VCF_FAULT_TAG"
@@ -168,16 +170,18 @@ def start_cli(args: list[str], knobs: dict | None = None, preexec: Callable[[], 
     env.pop(KNOBS_ENV, None)
     if knobs:
         env[KNOBS_ENV] = json.dumps(knobs)
+    # Files, not pipes: a worker that outlives its killed parent would keep a pipe open forever.
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115  (closed by finish)
     with open(os.devnull, "rb") as stdin:
         process = subprocess.Popen(
             cli_command(args, knobs),
             stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
             env=env,
             preexec_fn=preexec,
         )
-    return Started(args, process, tag, time.monotonic())
+    return Started(args, process, tag, time.monotonic(), stdout, stderr)
 
 
 @dataclass
@@ -188,6 +192,8 @@ class Started:
     process: subprocess.Popen
     tag: str
     started: float
+    stdout: Any
+    stderr: Any
 
     def finish(
         self,
@@ -228,18 +234,23 @@ class Started:
                 break
             if now - self.started > timeout:
                 process.kill()
-                process.communicate()
+                process.wait()
                 reap_orphans(self.tag, grace=0)
                 raise AssertionError(f"vcf {' '.join(self.args)} still running after {timeout} s")
             time.sleep(0.002)
-        stdout, stderr = process.communicate()
+        process.wait()
         seconds = time.monotonic() - self.started
-        orphans = reap_orphans(self.tag, grace=10.0 if killed else 5.0)
+        orphans = reap_orphans(self.tag, grace=30.0 if killed else 10.0)
+        outputs = []
+        for handle in (self.stdout, self.stderr):
+            handle.seek(0)
+            outputs.append(handle.read().decode(errors="replace"))
+            handle.close()
         return Run(
             args=self.args,
             rc=process.returncode,
-            stdout=stdout.decode(errors="replace"),
-            stderr=stderr.decode(errors="replace"),
+            stdout=outputs[0],
+            stderr=outputs[1],
             seconds=seconds,
             killed=killed and process.returncode == -signal.SIGKILL,
             lock_seconds=lock_seconds,

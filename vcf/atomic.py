@@ -199,13 +199,29 @@ def manifest_text(manifest: dict[str, Any]) -> str:
 
 
 def die_with_parent() -> None:
-    """Asks Linux to kill this (worker) process when its parent dies, e.g. by kill -9."""
+    """Makes this worker process die when the process that started it dies, e.g. by kill -9.
+
+    Linux's parent-death signal covers a worker whose OS parent is that process. A worker forked by a
+    fork server (its OS parent is the server, which waits for its workers before it exits), or one whose
+    parent died before the signal was asked for, would outlive it: a thread watches the parent instead.
+    """
+    import multiprocessing
+    import signal
+
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: workers are still cleaned up on normal exit
         pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid != os.getppid():
+        import threading
+
+        def watch() -> None:
+            parent.join()  # returns once the parent's sentinel pipe closes: it has exited or been killed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="vcf-watch-parent", daemon=True).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from vcf.atomic import OutputLock, clean_stale_temps
 from vcf.bigfile import BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
 from vcf.collection import resolve_collection
 from vcf.errors import VcfError
+from vcf.pool import RowReader
 from vcf.progress import ProgressCallback, Reporter
 
 # Example ids shown in a mismatch message, per side.
@@ -139,13 +141,14 @@ def concat(
                 dropped=first.nr_of_images - done.nr_of_images, skipped=True,
             )
         rows = [source.indices(kept) for source in sources]
-        matrices = [source.matrix() for source in sources]
         step = chunk_rows(dim)
         reporter.total("rows", len(kept))
-        with BigFileWriter(out_dir, dim, overwrite=overwrite, manifest=manifest) as writer:
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(RowReader(source)) for source in sources]
+            writer = stack.enter_context(BigFileWriter(out_dir, dim, overwrite=overwrite, manifest=manifest))
             for start in range(0, len(kept), step):
                 stop = min(start + step, len(kept))
-                block = np.hstack([np.asarray(m[r[start:stop]]) for m, r in zip(matrices, rows, strict=True)])
+                block = np.hstack([m.take(r[start:stop]) for m, r in zip(readers, rows, strict=True)])
                 writer.append(kept[start:stop], block)
                 reporter.advance("rows", stop - start)
     return ConcatResult(

@@ -37,10 +37,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX tiles, where bf16 matrix work is several times faster than fp32."""
-    try:
-        return bool(torch._C._cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
+    # torch.cpu has the probe since 2.3; older releases only in torch._C._cpu.
+    for module in (torch.cpu, torch._C._cpu):
+        probe = getattr(module, "_is_amx_tile_supported", None)
+        if probe is not None:
+            try:
+                return bool(probe())
+            except RuntimeError:
+                return False
+    return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -106,11 +111,13 @@ class Inference:
         """
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
-            x = normalize(x, self.normalization.mean, self.normalization.std, self.normalization.value_scale)
+            # The layout changes on the uint8 batch, a quarter of the bytes of the float one; normalising
+            # keeps it.
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             elif self.channels_last and x.dim() == 5:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
+            x = normalize(x, self.normalization.mean, self.normalization.std, self.normalization.value_scale)
             with self._autocast():
                 outputs = self.model(x)
             result = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -22,8 +24,9 @@ from vcf.bigfile import BigFileWriter, reusable_output
 from vcf.collection import Collection
 from vcf.engine import Inference, Normalization, chunk_ranges, fixed_batches, resolve_device, resolve_precision
 from vcf.errors import VcfError
-from vcf.preprocess import FrameTransform, ImageError, read_rgb
+from vcf.preprocess import FrameTransform, ImageError
 from vcf.progress import ProgressCallback, Reporter
+from vcf.shards import FeaturesJob, features_lock, parse_scale_out, run_features_job
 
 DEFAULT_MODEL = "resnext101_32x48d_wsl"
 DEFAULT_LAYER = "avgpool"
@@ -61,6 +64,24 @@ def feature_name(model: str, layer: str, oversample: bool) -> str:
     return f"{model.replace('/', '_')},{layer}" + (",os" if oversample else "")
 
 
+def _loader_context() -> Any:
+    """The fork server the loader workers start from; it imports torch and OpenCV once for all of them.
+
+    Python's default preload (``__main__``) does not take effect, so without naming the modules every
+    worker imports torch anew: seconds per worker before the first batch.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "cv2", "vcf.features"])
+    return context
+
+
+def _start_loader_server(workers: int | None) -> None:
+    """Starts the fork server now, so that its imports overlap the model's loading."""
+    if workers != 0:
+        _loader_context()
+        multiprocessing.forkserver.ensure_running()
+
+
 def _worker_init(_: int) -> None:
     die_with_parent()
     # Each loader process decodes one image at a time; the cores belong to the model and the other workers.
@@ -82,7 +103,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return index, self.transform(read_rgb(self.paths[index])), None
+            return index, self.transform(self.transform.read(self.paths[index])), None
         except ImageError as exc:
             return index, None, str(exc)
         except Exception as exc:  # any decoder surprise is one bad image, not a dead run
@@ -124,9 +145,9 @@ def _resolve_model(model: str, layers: Sequence[str], weights: str | os.PathLike
 
 
 def features(
-    collection: str | os.PathLike[str],
+    collection: str | os.PathLike[str] | None = None,
     *,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     layers: Sequence[str] = (DEFAULT_LAYER,),
     oversample: bool = False,
     batch_size: int = 32,
@@ -137,17 +158,37 @@ def features(
     rootpath: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    shard: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    from_video: bool = False,
+    csv: str | os.PathLike[str] | None = None,
+    model_type: str | None = None,
+    fps: float | None = None,
+    every: int | None = None,
+    num_frames: int | None = None,
+    clip_len: int | None = None,
+    clip_stride: int | None = None,
+    clip_fps: float | None = None,
+    l2_normalize: bool = False,
+    dtype: str | None = None,
+    video_timeout: float | None = None,
+    fast_decode: bool = False,
 ) -> FeaturesResult:
-    """Computes CNN features of the frames listed in ``id.imagepath.txt``.
+    """Computes CNN features of the frames listed in ``id.imagepath.txt``, or straight from videos.
 
     Writes ``FeatureData/<model>,<layer>[,os]/`` (BigFile, rows in id.imagepath.txt order) for each
     layer, with a ``manifest.json``. Work is saved in chunks as it goes: an interrupted run resumes
     where it stopped and ends with the same bytes an uninterrupted run writes. Images that cannot be
     read are left out and listed in ``features.failures.txt``.
 
+    ``from_video`` decodes ``VideoData/`` instead, with the frame selection of ``vcf frames`` (3D models
+    always read videos, as clips); ``csv`` turns the videos of a ``video_path,feature_path`` CSV into one
+    ``.npy`` each. See :mod:`vcf.videofeatures`.
+
     Args:
-        collection: Collection directory, or its name under ``rootpath``.
-        model: A registry name (``vcf models`` lists them).
+        collection: Collection directory, or its name under ``rootpath`` (None with ``csv``).
+        model: A registry name (``vcf models`` lists them); None takes the default of ``model_type``.
         layers: Layers to write, e.g. ``avgpool`` (pooled penultimate vector) and ``fc``/``logits``.
         oversample: Average the outputs of ten crops (adds ``,os`` to the feature name).
         batch_size: Images per forward pass.
@@ -158,9 +199,28 @@ def features(
         rootpath: Where named collections live.
         overwrite: Replace outputs made with other settings.
         progress: Receives ``images`` progress events.
+        shard: ``K/N``: compute only shard K (from 0) of N, whole videos, into part BigFiles under
+            ``FeatureData/.vcf-shards/``; :func:`vcf.merge` assembles them once all N are done.
+        engine: ``local`` (this process and its loader workers) or ``ray`` (Ray tasks and model actors).
+        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
+        from_video: Decode ``VideoData/`` instead of reading the frames of id.imagepath.txt.
+        csv: A ``video_path,feature_path`` CSV to work on instead of a collection.
+        model_type: ``2d`` or ``3d``: picks the default model and checks ``model``'s kind.
+        fps: Videos: keep the first frame at or after each ``k/fps`` seconds (CSV default 1).
+        every: Videos: keep every N-th decoded frame.
+        num_frames: Videos: keep K frames spread over each video.
+        clip_len: 3D models: frames per clip (default the model's).
+        clip_stride: 3D models: frames between clip starts (default ``clip_len``).
+        clip_fps: 3D models: frame rate the clips are decoded at (default the model's).
+        l2_normalize: CSV: L2-normalise each row.
+        dtype: CSV: ``float32`` (default) or ``float16``.
+        video_timeout: Videos: seconds a decoder may go without output before its video fails.
+        fast_decode: Frames: decode JPEGs much larger than the model input at 1/2, 1/4 or 1/8 size
+            (reduced-size DCT decoding; faster, slightly different features, recorded in the manifest).
 
     Returns:
-        A FeaturesResult.
+        A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
+        :class:`vcf.videofeatures.CsvFeaturesResult`).
 
     Raises:
         VcfError: Missing index, malformed index line, unknown model or layer, weights that cannot be
@@ -169,18 +229,60 @@ def features(
     Example:
         >>> vcf.features("toydata", model="efficientnet_lite0", layers=["avgpool", "fc"])  # doctest: +SKIP
     """
+    from vcf.videofeatures import dispatch_features
+
+    if fast_decode and (from_video or csv is not None):
+        raise VcfError("--fast-decode applies to JPEG frames, not to --from-video or --csv")
+
+    # Video and CSV runs go to vcf.videofeatures; a frames run gets its model name and checked options back.
+    dispatched, model = dispatch_features(
+        collection,
+        csv=csv,
+        from_video=from_video,
+        model=model,
+        model_type=model_type,
+        layers=layers,
+        oversample=oversample,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        weights=weights,
+        rootpath=rootpath,
+        overwrite=overwrite,
+        progress=progress,
+        scale_out=(shard, engine),
+        fps=fps,
+        every=every,
+        num_frames=num_frames,
+        clip_len=clip_len,
+        clip_stride=clip_stride,
+        clip_fps=clip_fps,
+        l2_normalize=l2_normalize,
+        dtype=dtype,
+        video_timeout=video_timeout,
+    )
+    if dispatched is not None:
+        return dispatched
     if batch_size < 1:
         raise VcfError("--batch-size must be >= 1")
     layers = list(dict.fromkeys(layers))
+    shard_spec = parse_scale_out(shard, engine, ray_address)
     coll = layout.resolve_collection(collection, rootpath)
     items = layout.read_imagepath(coll)
     if not items:
         raise VcfError(f"{coll.imagepath_file} lists no images")
-    torch_device = resolve_device(device)
-    chosen_precision = resolve_precision(precision, torch_device)
+    if engine == "ray":  # the model runs on the cluster's devices, not on this machine's
+        from vcf.ray_engine import resolve_cluster_device
+
+        torch_device, chosen_precision = resolve_cluster_device(device, precision, ray_address)
+    else:
+        torch_device = resolve_device(device)
+        chosen_precision = resolve_precision(precision, torch_device)
+    _start_loader_server(workers)
     record, extractor, weights_info = _resolve_model(model, layers, weights)
     pre = record.preprocess
-    transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, oversample)
+    transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, oversample, fast_decode=fast_decode)
     settings = {
         "model": record.name,
         "weights": {"source": weights_info.source, "sha256": weights_info.sha256},
@@ -203,7 +305,7 @@ def features(
     result.feature_dirs = dict(outputs)
     coll.feature_root.mkdir(parents=True, exist_ok=True)
     lock_key = hashlib.sha1("+".join(sorted(str(p) for p in outputs.values())).encode()).hexdigest()[:12]
-    with OutputLock(coll.feature_root / f".vcf-features-{lock_key}.lock"):
+    with OutputLock(features_lock(coll, lock_key, shard_spec)):
         pending = {}
         for layer, out_dir in outputs.items():
             manifest = {**settings, "layer": layer, "oversample": oversample, "level": "frame"}
@@ -218,6 +320,27 @@ def features(
             result.failures = _read_failures(coll)
             result.failures_file = coll.failures_file("features") if result.failures else None
             return result
+        if shard_spec is not None or engine != "local":
+            job = FeaturesJob(
+                coll=coll,
+                ids=[frame_id for frame_id, _ in items],
+                paths=[path for _, path in items],
+                settings=settings,
+                layers=layers,
+                oversample=oversample,
+                manifests=pending,
+                outputs=outputs,
+                extractor=extractor,
+                transform=transform,
+                normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
+                device=torch_device,
+                precision=chosen_precision,
+                batch_size=batch_size,
+                workers=workers,
+                overwrite=overwrite,
+                result=result,
+            )
+            return run_features_job(job, shard=shard_spec, engine=engine, ray_address=ray_address, progress=progress)
 
         run = ChunkedRun(
             coll.feature_root / (WORK_PREFIX + _digest({"settings": settings, "layers": layers, "os": oversample})),
@@ -278,7 +401,7 @@ def _run_chunks(
     if not todo:
         return 0
     batches = [b for b in fixed_batches(run.count, batch_size, run.chunk_size) if b[0] // run.chunk_size in todo]
-    workers = os.cpu_count() or 1 if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else workers
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -290,7 +413,7 @@ def _run_chunks(
         persistent_workers=False,
         # Not fork: a forked child inherits OpenCV's and OpenMP's thread pools in whatever state the
         # parent left them, and touching them deadlocks. The fork server starts clean and forks cheaply.
-        multiprocessing_context="forkserver" if workers > 0 else None,
+        multiprocessing_context=_loader_context() if workers > 0 else None,
     )
     computed = 0
     buffer = ChunkBuffer()
@@ -379,7 +502,8 @@ class ChunkedRun:
         found = []
         for chunk in range(len(self.chunks)):
             data = self._load(chunk)
-            found.extend((ids[int(i)], str(r)) for i, r in zip(data["failed_indices"], data["failed_reasons"]))
+            pairs = zip(data["failed_indices"], data["failed_reasons"], strict=True)
+            found.extend((ids[int(i)], str(r)) for i, r in pairs)
         return found
 
     def write_bigfile(self, layer: str, ids: Sequence[str], out_dir: Path, manifest: dict, overwrite: bool) -> int:

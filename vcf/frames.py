@@ -174,6 +174,9 @@ def frames(
     overwrite: bool = False,
     video_timeout: float | None = None,
     progress: ProgressCallback | None = None,
+    shard: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> FramesResult:
     """Extracts sampled frames of every video of a collection and writes the index files.
 
@@ -195,6 +198,10 @@ def frames(
         overwrite: Redo every video.
         video_timeout: Seconds one video may take before it is reported as hung.
         progress: Receives progress events (``videos`` and ``frames``).
+        shard: ``K/N``: decode only shard K (from 0) of N and write its part of the index files
+            under ``.vcf-shards/``; :func:`vcf.merge` writes the index files once all N are done.
+        engine: ``local`` (worker processes) or ``ray`` (Ray tasks on a cluster).
+        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
 
     Returns:
         A FramesResult; ``failures`` is non-empty when some videos failed.
@@ -212,6 +219,21 @@ def frames(
         raise VcfError("--size must be >= 0")
     settings = FrameSettings(Sampling(fps=fps, every=every, num_frames=num_frames), size=size, quality=quality)
     coll = layout.resolve_collection(collection, rootpath)
+    if shard is not None or engine != "local" or ray_address is not None:
+        from vcf.shards import run_frames_job
+
+        return run_frames_job(
+            coll,
+            settings,
+            shard=shard,
+            engine=engine,
+            ray_address=ray_address,
+            workers=workers,
+            relative_paths=relative_paths,
+            overwrite=overwrite,
+            video_timeout=video_timeout,
+            progress=progress,
+        )
     reporter = Reporter(progress)
     result = FramesResult(collection=coll.root)
     with OutputLock(coll.root / LOCK_NAME):

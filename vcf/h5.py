@@ -15,10 +15,10 @@ import numpy as np
 
 from vcf import __version__
 from vcf.atomic import OutputLock, fsync_file, publish, remove_path, temp_sibling, writing
-from vcf.bigfile import BigFile, open_feature
+from vcf.bigfile import BigFile, chunk_rows, open_feature
 from vcf.collection import Collection, resolve_collection, write_failures
 from vcf.errors import CollectionError, OutputExistsError, VcfError
-from vcf.pool import group_frames, split_frame_id
+from vcf.pool import RowReader, group_frames, split_frame_id
 from vcf.progress import ProgressCallback, Reporter
 
 H5_DIR = "H5Data"
@@ -214,9 +214,8 @@ def _bigfile_to_h5(
     overwrite: bool,
     reporter: Reporter,
 ) -> H5Result:
-    matrix = source.matrix()
     dim = source.ndims
-    with _h5_output(target, overwrite) as h5:
+    with RowReader(source) as matrix, _h5_output(target, overwrite) as h5:
         h5.attrs["feature"] = feature
         h5.attrs["collection"] = str(coll.root)
         h5.attrs["dims"] = dim
@@ -229,7 +228,7 @@ def _bigfile_to_h5(
             for video, rows in groups.items():
                 if "/" in video or video == ".":
                     raise VcfError(f"video id {video!r} cannot be an HDF5 dataset name")
-                block = np.asarray(matrix[rows], dtype=np.float32)
+                block = matrix.take(rows)
                 # A video's frames are read whole, so chunks are only needed for compression.
                 chunks = _chunks(block.shape, block.itemsize) if compression else None
                 dataset = h5.create_dataset(video, data=block, chunks=chunks, compression=compression)
@@ -242,11 +241,11 @@ def _bigfile_to_h5(
             h5.create_dataset("ids", data=np.asarray(source.names, dtype=object), dtype=h5py.string_dtype("utf-8"))
             features = _create(h5, "features", (source.nr_of_images, dim), np.float32, compression)
             reporter.total("rows", source.nr_of_images)
-            start = 0
-            for ids, block in source.iter_chunks():
-                features[start : start + len(ids)] = block
-                start += len(ids)
-                reporter.advance("rows", len(ids))
+            step = chunk_rows(dim)
+            for start in range(0, source.nr_of_images, step):
+                stop = min(start + step, source.nr_of_images)
+                features[start:stop] = matrix.block(start, stop)
+                reporter.advance("rows", stop - start)
             datasets = 1
     return H5Result(
         output=target,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vcf.atomic import OutputLock, clean_stale_temps
-from vcf.bigfile import BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
+from vcf.bigfile import DTYPE, BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
 from vcf.collection import read_id_list, resolve_collection
 from vcf.errors import FeatureFileError, VcfError
 from vcf.progress import ProgressCallback, Reporter
@@ -45,6 +47,69 @@ class PoolResult:
     skipped: bool = False
     missing_videos: int = 0
     unlisted_videos: int = 0
+
+
+class RowReader:
+    """Reads rows of a BigFile's feature.bin with plain file reads, into new arrays.
+
+    Every page of a memory map that was touched counts in the process's resident memory for as long as
+    the map lives, so going through a whole feature.bin via :meth:`BigFile.matrix` grows RSS to the
+    file's size; reads keep memory to the blocks in use, whatever the file's size.
+    """
+
+    def __init__(self, bigfile: BigFile) -> None:
+        self.dim = bigfile.ndims
+        self._row_bytes = bigfile.ndims * DTYPE.itemsize
+        self._file = open(bigfile.binary_file, "rb", buffering=0)  # noqa: SIM115  (closed by close())
+        with contextlib.suppress(AttributeError, OSError):
+            os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (excluded) as a new (stop - start, D) float32 array."""
+        out = np.empty((stop - start, self.dim), dtype=DTYPE)
+        self._read_into(out, start)
+        return out
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows, in the given order, as a new (len(rows), D) float32 array.
+
+        Runs of consecutive row numbers are read at once; scattered rows within a small span are read
+        as that span and picked from it.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return np.empty((0, self.dim), dtype=DTYPE)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        if len(breaks) == 0:
+            return self.block(int(rows[0]), int(rows[-1]) + 1)
+        low, high = int(rows.min()), int(rows.max()) + 1
+        if len(breaks) > 8 and high - low <= 2 * len(rows):
+            return self.block(low, high)[rows - low]
+        out = np.empty((len(rows), self.dim), dtype=DTYPE)
+        starts = [0, *breaks.tolist()]
+        ends = [*breaks.tolist(), len(rows)]
+        for begin, end in zip(starts, ends, strict=True):
+            self._read_into(out[begin:end], int(rows[begin]))
+        return out
+
+    def _read_into(self, out: np.ndarray, start_row: int) -> None:
+        view = memoryview(out).cast("B")
+        self._file.seek(start_row * self._row_bytes, io.SEEK_SET)
+        done = 0
+        while done < len(view):
+            count = self._file.readinto(view[done:])
+            if not count:
+                raise FeatureFileError(f"{self._file.name}: ends before row {start_row + len(out)}")
+            done += count
 
 
 def split_frame_id(frame_id: str) -> tuple[str, int] | None:
@@ -150,16 +215,17 @@ def pool(
             order += rest
 
         reporter.total("videos", len(order))
-        matrix = source.matrix()
         # Rows are read in blocks so that a video with very many frames still needs bounded memory for max.
         block_rows = chunk_rows(source.ndims)
-        with BigFileWriter(out_dir, source.ndims, overwrite=overwrite, manifest=manifest) as writer:
+        with RowReader(source) as matrix, BigFileWriter(
+            out_dir, source.ndims, overwrite=overwrite, manifest=manifest
+        ) as writer:
             batch_ids: list[str] = []
             batch_rows: list[np.ndarray] = []
             for video in order:
                 rows = groups[video]
                 if len(rows) <= block_rows:
-                    pooled = pool_rows(np.asarray(matrix[rows]), method)
+                    pooled = pool_rows(matrix.take(rows), method)
                 else:
                     pooled = _pool_long(matrix, rows, method, block_rows)
                 batch_ids.append(video)
@@ -177,14 +243,14 @@ def pool(
     )
 
 
-def _pool_long(matrix: np.ndarray, rows: np.ndarray, method: str, block_rows: int) -> np.ndarray:
+def _pool_long(matrix: RowReader, rows: np.ndarray, method: str, block_rows: int) -> np.ndarray:
     """Pools a video whose frames do not fit in one block, one block at a time."""
     if method == "mean":
-        total = np.zeros(matrix.shape[1], dtype=np.float64)
+        total = np.zeros(matrix.dim, dtype=np.float64)
         for start in range(0, len(rows), block_rows):
-            total += np.asarray(matrix[rows[start : start + block_rows]], dtype=np.float64).sum(axis=0)
+            total += np.asarray(matrix.take(rows[start : start + block_rows]), dtype=np.float64).sum(axis=0)
         return (total / len(rows)).astype(np.float32)
-    best = np.full(matrix.shape[1], -np.inf, dtype=np.float32)
+    best = np.full(matrix.dim, -np.inf, dtype=np.float32)
     for start in range(0, len(rows), block_rows):
-        best = np.maximum(best, np.asarray(matrix[rows[start : start + block_rows]]).max(axis=0))
+        best = np.maximum(best, matrix.take(rows[start : start + block_rows]).max(axis=0))
     return best.astype(np.float32)

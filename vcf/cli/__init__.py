@@ -6,6 +6,7 @@ from vcf.cli import (  # noqa: F401  (registers commands)
     commands_check,
     commands_features,
     commands_frames,
+    commands_merge,
     commands_models,
     commands_post,
 )

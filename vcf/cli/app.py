@@ -22,6 +22,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain text help: rich markup would eat "[default: ...]" and other bracketed text.
+    rich_markup_mode=None,
 )
 
 # soft_wrap keeps long paths on one line when stderr is a file or a pipe (rich would wrap at 80).

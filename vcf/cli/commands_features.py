@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from vcf.cli.app import app, report_failures, run_stage
+from vcf.cli.commands_merge import ENGINE_OPTION, RAY_ADDRESS_OPTION, SHARD_OPTION, shard_note
 
+VIDEO = "Videos (--from-video, --csv, 3D)"
 ROOTPATH_OPTION = typer.Option(
     None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
 )
@@ -15,8 +17,16 @@ ROOTPATH_OPTION = typer.Option(
 
 @app.command("features")
 def features_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
-    model: str = typer.Option("resnext101_32x48d_wsl", "--model", "-m", help="Model name (see `vcf models`)."),
+    collection: str = typer.Argument(
+        None, help="Collection directory, or its name under --rootpath (none with --csv).", show_default=False
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model name (see `vcf models`) (default: resnext101_32x48d_wsl; --type 3d: r2plus1d_18).",
+        show_default=False,
+    ),
     layer: list[str] = typer.Option(["avgpool"], "--layer", "-l", help="Layer to write; repeat for several."),
     oversample: bool = typer.Option(False, "--oversample", help="Average 10 crops (adds ',os' to the name)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
@@ -27,18 +37,66 @@ def features_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs made with other settings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
     rootpath: Path = ROOTPATH_OPTION,
+    shard: str = SHARD_OPTION,
+    engine: str = ENGINE_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
+    from_video: bool = typer.Option(
+        False, "--from-video", help="Decode COLLECTION/VideoData directly; no frame files.", rich_help_panel=VIDEO
+    ),
+    csv: Path = typer.Option(
+        None, "--csv", help="CSV with header video_path,feature_path: one .npy (T x D) a video.", rich_help_panel=VIDEO
+    ),
+    model_type: str = typer.Option(
+        None, "--type", help="2d or 3d: pick that kind's default model (checks --model's kind).", rich_help_panel=VIDEO
+    ),
+    fps: float = typer.Option(
+        None, "--fps", help="2D: keep a frame every 1/R s (default: two a second; --csv: 1).", rich_help_panel=VIDEO
+    ),
+    every: int = typer.Option(None, "--every", help="2D: keep every N-th decoded frame.", rich_help_panel=VIDEO),
+    num_frames: int = typer.Option(
+        None, "--num-frames", help="2D: keep K frames spread over each video.", rich_help_panel=VIDEO
+    ),
+    clip_len: int = typer.Option(
+        None, "--clip-len", help="3D: frames per clip (default: the model's, e.g. 16).", rich_help_panel=VIDEO
+    ),
+    clip_stride: int = typer.Option(
+        None, "--clip-stride", help="3D: frames between clip starts (default: --clip-len).", rich_help_panel=VIDEO
+    ),
+    clip_fps: float = typer.Option(
+        None, "--clip-fps", help="3D: frame rate clips are decoded at (default: the model's).", rich_help_panel=VIDEO
+    ),
+    l2_normalize: bool = typer.Option(
+        False, "--l2-normalize", help="--csv: divide each row by its L2 norm.", rich_help_panel=VIDEO
+    ),
+    dtype: str = typer.Option(
+        None, "--dtype", help="--csv: float32 or float16 (default: float32).", rich_help_panel=VIDEO
+    ),
+    video_timeout: float = typer.Option(
+        None, "--video-timeout", help="Fail a video whose decoder is silent this many seconds.", rich_help_panel=VIDEO
+    ),
 ) -> None:
-    """Compute CNN features of the frames in COLLECTION/id.imagepath.txt.
+    """Compute CNN features of the frames in COLLECTION/id.imagepath.txt, or straight from videos.
 
     Writes FeatureData/<model>,<layer>[,os]/ in BigFile format (feature.bin, id.txt, shape.txt)
     plus manifest.json, rows in id.imagepath.txt order. An interrupted run resumes where it
     stopped. Unreadable images are left out, listed in features.failures.txt, and make the exit
     code 1. `--precision auto` uses bf16 on GPUs and on CPUs with AMX, else fp32.
 
+    --from-video decodes VideoData/ instead (frames chosen as `vcf frames` would: same ids, same
+    order, so pool and concat work unchanged); 3D models (--type 3d) always do, one row per clip
+    <vid>_<n>, n = the clip's first frame. --csv writes one .npy per row of a video_path,feature_path
+    CSV, skips outputs that are complete, and lists failures in <csv stem>.failures.txt.
+
     \b
     Example:
         vcf features toydata --model efficientnet_lite0 --layer avgpool --layer fc
         vcf features ~/VisualSearch/tgif --model resnext101_32x48d_wsl --oversample --device cuda
+        vcf features tgif --shard $SLURM_ARRAY_TASK_ID/8   (then: vcf merge tgif)
+        vcf features tgif --engine ray --ray-address head-node:6379
+        vcf features toydata --from-video --model efficientnet_lite0 --fps 1
+        vcf features toydata --from-video --type 3d --clip-len 16 --clip-fps 15
+        vcf features --csv input.csv --l2-normalize --dtype float16
+        vcf features --csv in.csv -m resnext101_3d_kinetics --weights hara.pth
     """
     from vcf.features import features
 
@@ -56,12 +114,41 @@ def features_command(
         weights=weights,
         rootpath=rootpath,
         overwrite=overwrite,
+        shard=shard,
+        engine=engine,
+        ray_address=ray_address,
+        from_video=from_video,
+        csv=csv,
+        model_type=model_type,
+        fps=fps,
+        every=every,
+        num_frames=num_frames,
+        clip_len=clip_len,
+        clip_stride=clip_stride,
+        clip_fps=clip_fps,
+        l2_normalize=l2_normalize,
+        dtype=dtype,
+        video_timeout=video_timeout,
     )
+    if csv is not None:
+        if not quiet:
+            rows, dims = next(iter(result.shapes.values()), (0, 0))
+            typer.echo(
+                f"{rows} .npy files of {dims} dims, {result.dtype} ({result.computed} computed, "  # type: ignore[attr-defined]
+                f"{result.reused} already complete)",
+                err=True,
+            )
+        report_failures(result.failures, result.failures_file, quiet, what="video")
+        if result.failures:
+            raise typer.Exit(1)
+        return
     if not quiet:
         state = "up to date" if result.up_to_date else f"{result.computed} computed, {result.reused} resumed"
         for layer, directory in result.feature_dirs.items():
             rows, dims = result.shapes.get(layer, (0, 0))
             typer.echo(f"{directory}  {rows} x {dims}  ({state})", err=True)
-    report_failures(result.failures, result.failures_file, quiet, what="image")
+    if not quiet:
+        shard_note(shard, collection)
+    report_failures(result.failures, result.failures_file, quiet, what="video" if from_video else "image")
     if result.failures:
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from vcf.cli.app import app, report_failures, run_stage
+from vcf.cli.commands_merge import ENGINE_OPTION, RAY_ADDRESS_OPTION, SHARD_OPTION, shard_note
 
 ROOTPATH_OPTION = typer.Option(
     None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
@@ -31,6 +32,9 @@ def frames_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo every video, even complete ones."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
     rootpath: Path = ROOTPATH_OPTION,
+    shard: str = SHARD_OPTION,
+    engine: str = ENGINE_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
 ) -> None:
     """Decode every video in COLLECTION/VideoData into sampled JPEG frames.
 
@@ -43,6 +47,8 @@ def frames_command(
     Example:
         vcf frames toydata
         vcf frames ~/VisualSearch/tgif --fps 1 --size 256 --workers 8
+        vcf frames tgif --shard 0/4   (... 3/4 on other machines, then: vcf merge tgif)
+        vcf frames tgif --engine ray --ray-address head-node:6379
     """
     from vcf.frames import frames
 
@@ -60,6 +66,9 @@ def frames_command(
         relative_paths=relative_paths,
         overwrite=overwrite,
         video_timeout=video_timeout,
+        shard=shard,
+        engine=engine,
+        ray_address=ray_address,
     )
     if not quiet:
         typer.echo(
@@ -67,6 +76,8 @@ def frames_command(
             f"({result.extracted} extracted, {result.skipped} already complete)",
             err=True,
         )
+    if not quiet:
+        shard_note(shard, collection)
     report_failures(result.failures, result.failures_file, quiet, what="video")
     if result.failures:
         raise typer.Exit(1)

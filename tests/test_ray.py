@@ -1,0 +1,222 @@
+"""The Ray engine: the local engine's bytes on a local cluster and through an address, killed workers retried."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from videos import write_index_video
+
+from vcf.features import features
+from vcf.frames import frames
+from vcf.progress import ProgressEvent
+from vcf.shards import merge
+
+# Ray nodes bind to 127.0.0.1 only (Ray reads this when imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+TINY = "test_tiny2d"
+INDEX_FILES = ["id.imagepath.txt", "id.videopath.txt", "id.videometa.txt", "VideoSets/rc.txt", "frames.failures.txt"]
+BIGFILE_FILES = ["feature.bin", "id.txt", "shape.txt", "manifest.json"]
+
+
+def files(root: Path, names: list[str]) -> dict[str, bytes]:
+    return {name: (root / name).read_bytes() for name in names if (root / name).is_file()}
+
+
+def frame_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "ImageData").rglob("*")) if p.is_file()}
+
+
+def feature_files(root: Path, layer: str = "avgpool") -> dict[str, bytes]:
+    found = files(root / "FeatureData" / f"{TINY},{layer}", BIGFILE_FILES)
+    return {**found, **files(root, ["features.failures.txt"])}
+
+
+def descendants(title: str) -> list[int]:
+    """Pids of this test's processes whose title starts with ``ray::<title>`` (Ray names its workers so)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(f"ray::{title}".encode()):
+                continue
+            pid = int(entry.name)
+            while pid > 1 and pid != os.getpid():
+                pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid == os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray cluster of 2 CPUs started by this process, used by the engine (it keeps a caller's connection)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> Path:
+    root = tmp_path / "rc"
+    for number, (count, fps) in enumerate([(25, 10), (13, 6), (40, 10), (31, 10)]):
+        write_index_video(root / "VideoData" / f"v{number}.avi", count, fps=fps)
+    (root / "VideoData" / "empty.mp4").write_bytes(b"")
+    return root
+
+
+def test_ray_engine_writes_the_local_engines_bytes(local_ray: None, collection: Path) -> None:
+    frames(collection, workers=1)
+    reference, reference_frames = files(collection, INDEX_FILES), frame_files(collection)
+    for name in INDEX_FILES:
+        (collection / name).unlink()
+    shutil.rmtree(collection / "ImageData")
+    events: list[ProgressEvent] = []
+    result = frames(collection, engine="ray", progress=events.append)
+    assert [item for item, _ in result.failures] == ["empty"] and result.extracted == 4
+    assert files(collection, INDEX_FILES) == reference and frame_files(collection) == reference_frames
+    assert sum(e.advance for e in events if e.task == "videos") == 5
+
+    options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 3}
+    features(collection, workers=0, **options)
+    expected = feature_files(collection)
+    shutil.rmtree(collection / "FeatureData")
+    # Engines mix: one shard on Ray, the other locally, merged (the whole run on Ray is tested below).
+    events.clear()
+    result = features(collection, engine="ray", shard="0/2", progress=events.append, **options)
+    assert result.computed == sum(e.advance for e in events if e.task == "images") > 0
+    features(collection, workers=0, shard="1/2", **options)
+    merge(collection)
+    assert feature_files(collection) == expected
+
+
+def test_killed_decoder_is_retried(local_ray: None, collection: Path) -> None:
+    for number in range(3):  # long enough for a decoder to be caught at work
+        write_index_video(collection / "VideoData" / f"w{number}.avi", 120, fps=10, size=(320, 240))
+    frames(collection, workers=1, every=1)
+    reference, reference_frames = files(collection, INDEX_FILES), frame_files(collection)
+    for name in INDEX_FILES:
+        (collection / name).unlink()
+    shutil.rmtree(collection / "ImageData")
+
+    killed: list[int] = []
+    finished = threading.Event()
+
+    def kill_one_decoder() -> None:
+        while not finished.is_set() and not killed:
+            for pid in descendants("_extract_video"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_one_decoder)
+    killer.start()
+    try:
+        result = frames(collection, engine="ray", every=1)
+    finally:
+        finished.set()
+        killer.join()
+    assert killed, "no decoder was seen at work"
+    assert [item for item, _ in result.failures] == ["empty"]
+    assert files(collection, INDEX_FILES) == reference and frame_files(collection) == reference_frames
+
+
+def test_killed_model_actor_is_restarted(local_ray: None, collection: Path) -> None:
+    frames(collection, workers=1)
+    options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2}
+    features(collection, workers=0, **options)
+    expected = feature_files(collection)
+    shutil.rmtree(collection / "FeatureData")
+    killed: list[int] = []
+
+    def kill_model_actor(event: ProgressEvent) -> None:
+        if event.task == "images" and event.advance and not killed:
+            killed.extend(descendants("_ModelActor"))
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    result = features(collection, engine="ray", progress=kill_model_actor, **options)
+    assert killed, "no model actor was killed"
+    assert result.computed == len((collection / "id.imagepath.txt").read_text().splitlines())
+    assert feature_files(collection) == expected
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cli_on_a_cluster_started_with_ray_start(collection: Path) -> None:
+    frames(collection, workers=1)
+    features(collection, model=TINY, layers=["fc"], precision="fp32", batch_size=3, workers=0)
+    expected = feature_files(collection, "fc")
+    shutil.rmtree(collection / "FeatureData")
+
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="vcfray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        command = [sys.executable, "-m", "vcf", "features", str(collection), "--model", TINY, "--layer", "fc"]
+        command += ["--precision", "fp32", "--batch-size", "3", "--engine", "ray", "--ray-address"]
+        command += [f"127.0.0.1:{port}", "--quiet"]
+        deadline = time.monotonic() + 60
+        while True:  # the head takes a few seconds to accept clients
+            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            if run.returncode == 0 or time.monotonic() > deadline or "cannot connect" not in run.stderr:
+                break
+            time.sleep(2)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert feature_files(collection, "fc") == expected
+        bad = subprocess.run(
+            [sys.executable, "-m", "vcf", "frames", str(collection), "--engine", "ray", "--ray-address", "127.0.0.1:1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert bad.returncode == 1 and bad.stderr.startswith("Error: cannot connect to the Ray cluster at 127.0.0.1:1")
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
