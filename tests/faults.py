@@ -326,7 +326,8 @@ def snapshot(root: Path) -> dict[str, str]:
             if name.endswith(".lock"):
                 continue
             path = Path(dirpath) / name
-            result[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+            data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+            result[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
     return result
 
 
@@ -335,7 +336,7 @@ def tree_bytes(root: Path) -> int:
     total = 0
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
-            total += -(-os.path.getsize(Path(dirpath) / name) // PAGE) * PAGE
+            total += -(-os.lstat(Path(dirpath) / name).st_size // PAGE) * PAGE
     return total
 
 

@@ -82,32 +82,7 @@ def collection(tmp_path: Path) -> Path:
     return root
 
 
-def test_ray_engine_writes_the_local_engines_bytes(local_ray: None, collection: Path) -> None:
-    frames(collection, workers=1)
-    reference, reference_frames = files(collection, INDEX_FILES), frame_files(collection)
-    for name in INDEX_FILES:
-        (collection / name).unlink()
-    shutil.rmtree(collection / "ImageData")
-    events: list[ProgressEvent] = []
-    result = frames(collection, engine="ray", progress=events.append)
-    assert [item for item, _ in result.failures] == ["empty"] and result.extracted == 4
-    assert files(collection, INDEX_FILES) == reference and frame_files(collection) == reference_frames
-    assert sum(e.advance for e in events if e.task == "videos") == 5
-
-    options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 3}
-    features(collection, workers=0, **options)
-    expected = feature_files(collection)
-    shutil.rmtree(collection / "FeatureData")
-    # Engines mix: one shard on Ray, the other locally, merged (the whole run on Ray is tested below).
-    events.clear()
-    result = features(collection, engine="ray", shard="0/2", progress=events.append, **options)
-    assert result.computed == sum(e.advance for e in events if e.task == "images") > 0
-    features(collection, workers=0, shard="1/2", **options)
-    merge(collection)
-    assert feature_files(collection) == expected
-
-
-def test_killed_decoder_is_retried(local_ray: None, collection: Path) -> None:
+def test_ray_frames_equal_local_despite_a_killed_decoder(local_ray: None, collection: Path) -> None:
     for number in range(3):  # long enough for a decoder to be caught at work
         write_index_video(collection / "VideoData" / f"w{number}.avi", 120, fps=10, size=(320, 240))
     frames(collection, workers=1, every=1)
@@ -129,25 +104,31 @@ def test_killed_decoder_is_retried(local_ray: None, collection: Path) -> None:
 
     killer = threading.Thread(target=kill_one_decoder)
     killer.start()
+    events: list[ProgressEvent] = []
     try:
-        result = frames(collection, engine="ray", every=1)
+        result = frames(collection, engine="ray", every=1, progress=events.append)
     finally:
         finished.set()
         killer.join()
     assert killed, "no decoder was seen at work"
-    assert [item for item, _ in result.failures] == ["empty"]
+    assert [item for item, _ in result.failures] == ["empty"] and result.extracted == 7
     assert files(collection, INDEX_FILES) == reference and frame_files(collection) == reference_frames
+    assert sum(e.advance for e in events if e.task == "videos") == 8
+    assert not [p for p in (collection / "ImageData").iterdir() if p.name.startswith(".")]
 
 
-def test_killed_model_actor_is_restarted(local_ray: None, collection: Path) -> None:
+def test_ray_features_equal_local_despite_a_killed_model_actor(local_ray: None, collection: Path) -> None:
     frames(collection, workers=1)
     options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2}
     features(collection, workers=0, **options)
     expected = feature_files(collection)
     shutil.rmtree(collection / "FeatureData")
     killed: list[int] = []
+    advanced: list[int] = []
 
     def kill_model_actor(event: ProgressEvent) -> None:
+        if event.task == "images":
+            advanced.append(event.advance)
         if event.task == "images" and event.advance and not killed:
             killed.extend(descendants("_ModelActor"))
             for pid in killed:
@@ -155,8 +136,17 @@ def test_killed_model_actor_is_restarted(local_ray: None, collection: Path) -> N
 
     result = features(collection, engine="ray", progress=kill_model_actor, **options)
     assert killed, "no model actor was killed"
-    assert result.computed == len((collection / "id.imagepath.txt").read_text().splitlines())
+    rows = len((collection / "id.imagepath.txt").read_text().splitlines())
+    assert result.computed == sum(advanced) == rows
     assert feature_files(collection) == expected
+
+
+def test_unreachable_cluster_is_a_one_line_error() -> None:
+    from vcf.errors import VcfError
+    from vcf.ray_engine import _probe
+
+    with pytest.raises(VcfError, match=r"^cannot connect to the Ray cluster at 127\.0\.0\.1:1: [^\n]*$"):
+        _probe("127.0.0.1:1")
 
 
 def free_port() -> int:
@@ -165,19 +155,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_cli_on_a_cluster_started_with_ray_start(collection: Path) -> None:
+def wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+
+
+def test_cli_shard_on_a_cluster_started_with_ray_start(collection: Path) -> None:
+    """`ray start --head` in a subprocess, shard 0/2 through the CLI on it, shard 1/2 locally, merged."""
     frames(collection, workers=1)
-    features(collection, model=TINY, layers=["fc"], precision="fp32", batch_size=3, workers=0)
+    options = {"model": TINY, "layers": ["fc"], "precision": "fp32", "batch_size": 3}
+    features(collection, workers=0, **options)
     expected = feature_files(collection, "fc")
     shutil.rmtree(collection / "FeatureData")
+    (collection / "features.failures.txt").unlink(missing_ok=True)
 
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="vcfray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    ray_cli = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [
-            str(ray_cli),
+            str(Path(sys.executable).with_name("ray")),
             "start",
             "--head",
             f"--port={port}",
@@ -193,27 +195,17 @@ def test_cli_on_a_cluster_started_with_ray_start(collection: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
+        wait_for_port(port, 60)
         command = [sys.executable, "-m", "vcf", "features", str(collection), "--model", TINY, "--layer", "fc"]
-        command += ["--precision", "fp32", "--batch-size", "3", "--engine", "ray", "--ray-address"]
-        command += [f"127.0.0.1:{port}", "--quiet"]
-        deadline = time.monotonic() + 60
-        while True:  # the head takes a few seconds to accept clients
-            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-            if run.returncode == 0 or time.monotonic() > deadline or "cannot connect" not in run.stderr:
-                break
-            time.sleep(2)
+        command += ["--precision", "fp32", "--batch-size", "3", "--shard", "0/2", "--engine", "ray"]
+        command += ["--ray-address", f"127.0.0.1:{port}", "--quiet"]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
         assert run.returncode == 0, run.stderr[-2000:]
+        features(collection, workers=0, shard="1/2", **options)
+        merge(collection)
         assert feature_files(collection, "fc") == expected
-        bad = subprocess.run(
-            [sys.executable, "-m", "vcf", "frames", str(collection), "--engine", "ray", "--ray-address", "127.0.0.1:1"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert bad.returncode == 1 and bad.stderr.startswith("Error: cannot connect to the Ray cluster at 127.0.0.1:1")
     finally:
-        head.send_signal(signal.SIGTERM)
+        head.send_signal(signal.SIGTERM)  # --block: the head stops the processes it started
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:

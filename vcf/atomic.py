@@ -42,13 +42,22 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+DISK_FULL = "no space left on device while writing"
+DISK_ERROR = "I/O error while writing"
+
+
 def describe_os_error(exc: OSError, path: Path | str) -> str:
     """A one-line message for an I/O error while writing ``path``."""
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on device while writing {path}; free space and run again to resume"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{DISK_FULL} {path}; free space and run again to resume"
     if exc.errno == errno.EIO:
-        return f"I/O error while writing {path}; check the disk and run again to resume"
+        return f"{DISK_ERROR} {path}; check the disk and run again to resume"
     return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def is_output_error(message: str) -> bool:
+    """True for a :func:`describe_os_error` message about a full or failing disk (e.g. from a worker)."""
+    return message.startswith((DISK_FULL, DISK_ERROR))
 
 
 @contextlib.contextmanager

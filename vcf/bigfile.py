@@ -270,8 +270,11 @@ def reusable_output(out_dir: Path, manifest: dict[str, Any], *, overwrite: bool)
     if previous is not None and all(previous.get(k) == v for k, v in manifest.items()):
         try:
             return BigFile(out_dir)
-        except FeatureFileError:
-            pass  # damaged since it was written: recompute it when allowed
+        except FeatureFileError as exc:
+            # Damaged since it was written: recompute it when allowed, and say so rather than blame the settings.
+            if not overwrite:
+                reason = str(exc).replace(f"{out_dir}: ", "")
+                raise OutputExistsError(f"{out_dir} is damaged ({reason}); use --overwrite to recompute it") from None
     if not overwrite:
         raise OutputExistsError(
             f"{out_dir} exists but was made from other input or settings; use --overwrite to replace it"

@@ -19,11 +19,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vcf import collection as layout
-from vcf.atomic import OutputLock, atomic_write_bytes, die_with_parent, fsync_dir, manifest_text, remove_path
+from vcf.atomic import (
+    OutputLock,
+    atomic_write_bytes,
+    clean_stale_temps,
+    die_with_parent,
+    fsync_dir,
+    manifest_text,
+    remove_path,
+    writing,
+)
 from vcf.bigfile import BigFileWriter, reusable_output
 from vcf.collection import Collection
 from vcf.engine import Inference, Normalization, chunk_ranges, fixed_batches, resolve_device, resolve_precision
-from vcf.errors import VcfError
+from vcf.errors import IndexFormatError, VcfError
 from vcf.preprocess import FrameTransform, ImageError
 from vcf.progress import ProgressCallback, Reporter
 from vcf.shards import FeaturesJob, features_lock, parse_scale_out, run_features_job
@@ -75,9 +84,24 @@ def _loader_context() -> Any:
     return context
 
 
-def _start_loader_server(workers: int | None) -> None:
-    """Starts the fork server now, so that its imports overlap the model's loading."""
-    if workers != 0:
+def default_workers(device: torch.device) -> int:
+    """Loader workers when none are asked for.
+
+    With a GPU the CPU is free for decoding: one process per core. On the CPU the model's threads
+    already keep every core busy, and a decoder preempting one of them stalls the others at their next
+    synchronisation: on 2 cores decoding in this process between batches measured fastest. With more
+    cores a single-threaded decode between batches would leave the others idle, so a worker per 8
+    cores (at least one) decodes beside the model.
+    """
+    cores = os.cpu_count() or 1
+    if device.type != "cpu":
+        return cores
+    return 0 if cores <= 2 else max(1, cores // 8)
+
+
+def _start_loader_server(workers: int | None, device: torch.device) -> None:
+    """Starts the fork server now, when the run will use workers, so its imports overlap the model's loading."""
+    if (default_workers(device) if workers is None else workers) > 0:
         _loader_context()
         multiprocessing.forkserver.ensure_running()
 
@@ -192,7 +216,7 @@ def features(
         layers: Layers to write, e.g. ``avgpool`` (pooled penultimate vector) and ``fc``/``logits``.
         oversample: Average the outputs of ten crops (adds ``,os`` to the feature name).
         batch_size: Images per forward pass.
-        workers: Image decoding processes (default: CPU count; 0 decodes in this process).
+        workers: Image decoding processes; 0 decodes in this process (default: see :func:`default_workers`).
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         weights: A local state_dict or checkpoint to use instead of the model's published weights.
@@ -272,6 +296,7 @@ def features(
     items = layout.read_imagepath(coll)
     if not items:
         raise VcfError(f"{coll.imagepath_file} lists no images")
+    _refuse_whitespace_ids(coll.imagepath_file, [frame_id for frame_id, _ in items])
     if engine == "ray":  # the model runs on the cluster's devices, not on this machine's
         from vcf.ray_engine import resolve_cluster_device
 
@@ -279,7 +304,7 @@ def features(
     else:
         torch_device = resolve_device(device)
         chosen_precision = resolve_precision(precision, torch_device)
-    _start_loader_server(workers)
+    _start_loader_server(workers, torch_device)
     record, extractor, weights_info = _resolve_model(model, layers, weights)
     pre = record.preprocess
     transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, oversample, fast_decode=fast_decode)
@@ -306,6 +331,7 @@ def features(
     coll.feature_root.mkdir(parents=True, exist_ok=True)
     lock_key = hashlib.sha1("+".join(sorted(str(p) for p in outputs.values())).encode()).hexdigest()[:12]
     with OutputLock(features_lock(coll, lock_key, shard_spec)):
+        clean_stale_temps(coll.feature_root)
         pending = {}
         for layer, out_dir in outputs.items():
             manifest = {**settings, "layer": layer, "oversample": oversample, "level": "frame"}
@@ -375,6 +401,16 @@ def features(
     return result
 
 
+def _refuse_whitespace_ids(index: Path, ids: Sequence[str]) -> None:
+    """Raises IndexFormatError naming the line of the first id that cannot be written to id.txt."""
+    bad = next((frame_id for frame_id in ids if layout.has_whitespace(frame_id)), None)
+    if bad is None:
+        return
+    with open(index, encoding="utf-8") as handle:
+        number = next((n for n, line in enumerate(handle, start=1) if line.startswith(bad + " ")), 0)
+    raise IndexFormatError(f"{index}:{number}: id {bad!r} contains whitespace; ids must be single words")
+
+
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -401,7 +437,7 @@ def _run_chunks(
     if not todo:
         return 0
     batches = [b for b in fixed_batches(run.count, batch_size, run.chunk_size) if b[0] // run.chunk_size in todo]
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = default_workers(inference.device) if workers is None else workers
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -488,11 +524,16 @@ class ChunkedRun:
         arrays["failed_indices"] = np.asarray([i for i, _ in buffer.failed], dtype=np.int64)
         arrays["failed_reasons"] = np.asarray([r for _, r in buffer.failed], dtype=np.str_)
         tmp = self.directory / f".chunk-{chunk:06d}.tmp"
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._path(chunk))
+        with writing(self._path(chunk)):
+            try:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, **arrays)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self._path(chunk))
+            except BaseException:
+                remove_path(tmp)  # a partial chunk only takes space a full disk needs
+                raise
         fsync_dir(self.directory)
 
     def _load(self, chunk: int) -> Any:

@@ -12,7 +12,16 @@ from typing import Any
 import cv2
 
 from vcf import collection as layout
-from vcf.atomic import OutputLock, clean_stale_temps, fsync_dir, publish, remove_path, temp_sibling, writing
+from vcf.atomic import (
+    OutputLock,
+    clean_stale_temps,
+    fsync_dir,
+    is_output_error,
+    publish,
+    remove_path,
+    temp_sibling,
+    writing,
+)
 from vcf.collection import Collection
 from vcf.errors import OutputExistsError, VcfError
 from vcf.progress import ProgressCallback, Reporter
@@ -123,9 +132,13 @@ def _extract_one(task: _Task) -> VideoFrames:
         for index, frame in frames:
             frame = resize_shorter_side(frame, settings.size)
             target = tmp / f"{Collection.frame_id(task.video_id, index)}.jpg"
+            # Encoded here and written by Python (same bytes as cv2.imwrite), so that a full disk is an
+            # OSError with its errno rather than a bare False.
+            ok, encoded = cv2.imencode(".jpg", frame, params)
+            if not ok:
+                raise VcfError(f"cannot encode frame {index} as JPEG")
             with writing(target):
-                if not cv2.imwrite(str(target), frame, params):
-                    raise VcfError(f"cannot write {target}")
+                target.write_bytes(encoded.tobytes())
             kept.append(index)
         if not kept:
             raise VideoError("no frame selected (video shorter than the sampling interval)")
@@ -267,6 +280,9 @@ def frames(
             _extract_one, tasks, workers=workers, timeout=video_timeout, initializer=_init_decoder_process
         ):
             if isinstance(outcome, TaskFailed):
+                if is_output_error(outcome.reason):
+                    # A full or failing disk would fail every remaining video: stop; finished ones are kept.
+                    raise VcfError(outcome.reason)
                 failures.append((task.video_id, outcome.reason))
             else:
                 done[task.video_id] = outcome
@@ -275,6 +291,8 @@ def frames(
                 reporter.advance("frames", len(outcome.frames))
             reporter.advance("videos", 1, description=task.video_id)
 
+        # Workers killed for hanging or crashing could not remove their temporary directories.
+        clean_stale_temps(coll.image_dir)
         result.frames_total = _write_indexes(coll, videos, done, relative_paths)
         result.failures = sorted(failures)
         failures_path = coll.failures_file("frames")

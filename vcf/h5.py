@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ import h5py
 import numpy as np
 
 from vcf import __version__
-from vcf.atomic import OutputLock, fsync_file, publish, remove_path, temp_sibling, writing
+from vcf.atomic import OutputLock, clean_stale_temps, fsync_file, publish, remove_path, temp_sibling, writing
 from vcf.bigfile import BigFile, chunk_rows, open_feature
 from vcf.collection import Collection, resolve_collection, write_failures
 from vcf.errors import CollectionError, OutputExistsError, VcfError
@@ -27,6 +29,11 @@ POOLED_PREFIXES = ("mean_", "max_", "gauss_")
 
 # HDF5 chunks of about this size read well both row by row and as a whole.
 H5_CHUNK_BYTES = 1 << 20
+
+# HDF5 cannot recover from a failed write (its cache stays dirty and the process crashes when it
+# exits), so room is checked before each write; this much is kept for the metadata written at close.
+H5_SPACE_MARGIN = 16 << 20
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -105,14 +112,31 @@ def _h5_output(output: Path, overwrite: bool) -> Iterator[h5py.File]:
     remove_path(tmp)
     try:
         with writing(output):
-            with h5py.File(tmp, "w") as h5:
-                h5.attrs["vcf_version"] = __version__
-                yield h5
+            try:
+                with h5py.File(tmp, "w") as h5:
+                    h5.attrs["vcf_version"] = __version__
+                    yield h5
+            except RuntimeError as exc:
+                raise _h5_os_error(exc) from exc
             fsync_file(tmp)
             publish(tmp, output, overwrite=overwrite)
     except BaseException:
         remove_path(tmp)
         raise
+
+
+def _require_space(h5: h5py.File, nbytes: int) -> None:
+    """Raises OSError(ENOSPC) while HDF5 can still close the file cleanly, not when it runs out of room."""
+    stats = os.statvfs(os.path.dirname(os.path.abspath(h5.filename)))
+    if stats.f_bavail * stats.f_frsize < nbytes + H5_SPACE_MARGIN:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _h5_os_error(exc: RuntimeError) -> OSError:
+    """The OSError behind an HDF5 error (a write failing when the file is closed is a RuntimeError)."""
+    found = re.search(r"errno = (\d+)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code))
 
 
 def to_h5(
@@ -201,6 +225,7 @@ def _output_lock(target: Path, overwrite: bool) -> Iterator[None]:
     with OutputLock(target.parent / f".{target.name}.lock"):
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target} exists; use --overwrite to replace it")
+        clean_stale_temps(target.parent)
         yield
 
 
@@ -231,6 +256,7 @@ def _bigfile_to_h5(
                 block = matrix.take(rows)
                 # A video's frames are read whole, so chunks are only needed for compression.
                 chunks = _chunks(block.shape, block.itemsize) if compression else None
+                _require_space(h5, block.nbytes)
                 dataset = h5.create_dataset(video, data=block, chunks=chunks, compression=compression)
                 dataset.attrs["frame_index"] = np.asarray(
                     [split_frame_id(source.names[r])[1] for r in rows], dtype=np.int64  # type: ignore[index]
@@ -238,12 +264,14 @@ def _bigfile_to_h5(
                 reporter.advance("videos", 1, description=video)
             datasets = len(groups)
         else:
+            _require_space(h5, sum(len(name) + 16 for name in source.names))
             h5.create_dataset("ids", data=np.asarray(source.names, dtype=object), dtype=h5py.string_dtype("utf-8"))
             features = _create(h5, "features", (source.nr_of_images, dim), np.float32, compression)
             reporter.total("rows", source.nr_of_images)
             step = chunk_rows(dim)
             for start in range(0, source.nr_of_images, step):
                 stop = min(start + step, source.nr_of_images)
+                _require_space(h5, (stop - start) * dim * 4)
                 features[start:stop] = matrix.block(start, stop)
                 reporter.advance("rows", stop - start)
             datasets = 1
@@ -289,6 +317,8 @@ def _numpy_to_h5(
                     _copy_array(h5, name, _load_npy(path), compression)
                     converted += 1
                 except (OSError, ValueError, EOFError, TypeError) as exc:
+                    if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
+                        raise  # the output's disk is full or failing: every other file would fail too
                     if name in h5:
                         del h5[name]
                     failures.append((path.name, " ".join(str(exc).split()) or type(exc).__name__))
@@ -317,4 +347,6 @@ def _copy_array(h5: h5py.File, name: str, array: np.ndarray, compression: str | 
     dataset = _create(h5, name, array.shape, array.dtype, compression)
     step = max(1, (64 << 20) // max(1, array.nbytes // array.shape[0]))
     for start in range(0, array.shape[0], step):
-        dataset[start : start + step] = array[start : start + step]
+        block = array[start : start + step]
+        _require_space(h5, block.nbytes)
+        dataset[start : start + step] = block

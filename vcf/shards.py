@@ -545,7 +545,7 @@ def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple
     if not batches:
         return
     inference = Inference(job.extractor, job.normalization, job.device, job.precision)
-    workers = os.cpu_count() or 1 if job.workers is None else job.workers
+    workers = (os.cpu_count() or 1) if job.workers is None else job.workers
     loader = DataLoader(
         stage.ImageDataset(job.paths, job.transform),
         batch_sampler=batches,
@@ -555,8 +555,7 @@ def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple
         worker_init_fn=stage._worker_init if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
-        # As in the local engine: fork would inherit OpenCV's and OpenMP's thread pools mid-use.
-        multiprocessing_context="forkserver" if workers > 0 else None,
+        multiprocessing_context=stage._loader_context() if workers > 0 else None,  # as the local engine's
     )
     views = job.transform.views
     for position, batch in enumerate(loader):

@@ -490,36 +490,44 @@ class _VideoState:
 
 
 class _Pending:
-    """Received items waiting for a batch, across videos, in arrival order."""
+    """Received items waiting for a batch, per video, in frame order."""
 
     def __init__(self) -> None:
-        self.chunks: deque[tuple[int, list[int], np.ndarray]] = deque()
-        self.count = 0
+        self.chunks: dict[int, deque[tuple[list[int], np.ndarray]]] = {}
+        self.counts: dict[int, int] = {}
 
     def add(self, task: int, numbers: list[int], array: np.ndarray) -> None:
-        self.chunks.append((task, numbers, array))
-        self.count += len(numbers)
+        self.chunks.setdefault(task, deque()).append((numbers, array))
+        self.counts[task] = self.counts.get(task, 0) + len(numbers)
 
-    def take(self, limit: int) -> tuple[list[tuple[int, list[int]]], np.ndarray]:
-        owners: list[tuple[int, list[int]]] = []
+    def count(self, task: int) -> int:
+        return self.counts.get(task, 0)
+
+    def take(self, task: int, limit: int) -> tuple[list[int], np.ndarray]:
+        chunks = self.chunks[task]
+        numbers_taken: list[int] = []
         arrays = []
-        while limit > 0 and self.chunks:
-            task, numbers, array = self.chunks[0]
+        while limit > 0 and chunks:
+            numbers, array = chunks[0]
             k = min(limit, len(numbers))
-            owners.append((task, numbers[:k]))
+            numbers_taken.extend(numbers[:k])
             arrays.append(array[:k])
             if k == len(numbers):
-                self.chunks.popleft()
+                chunks.popleft()
             else:
-                self.chunks[0] = (task, numbers[k:], array[k:])
+                chunks[0] = (numbers[k:], array[k:])
             limit -= k
-            self.count -= k
-        return owners, arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        self.counts[task] -= len(numbers_taken)
+        if not self.counts[task]:
+            self.drop(task)
+        return numbers_taken, arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
     def drop(self, task: int) -> None:
-        kept = deque(c for c in self.chunks if c[0] != task)
-        self.count = sum(len(c[1]) for c in kept)
-        self.chunks = kept
+        self.chunks.pop(task, None)
+        self.counts.pop(task, None)
+
+    def tasks(self) -> list[int]:
+        return list(self.chunks)
 
 
 def _extract(
@@ -529,7 +537,11 @@ def _extract(
     reporter: Reporter,
     finish: Callable[[int, VideoRows | None, str | None], None],
 ) -> int:
-    """Runs the model over the decoders' items, batches mixing videos; calls ``finish`` once per video.
+    """Runs the model over the decoders' items; calls ``finish`` once per video.
+
+    Batches never mix videos and always cover the same items of a video (items 0..B-1, B..2B-1, ...):
+    some kernels give slightly different values for a row depending on the batch it is in, and fixed
+    batches make every run, a resumed one included, write the same bytes.
 
     ``finish(task, rows, None)`` for a computed video, ``(task, None, reason)`` for a failed one and
     ``(task, None, None)`` for a skipped one. Returns the number of items computed.
@@ -546,39 +558,36 @@ def _extract(
             del states[task]
             finish(task, state.rows(), None)
 
-    def run(limit: int) -> None:
+    def run(task: int, limit: int) -> None:
         nonlocal computed
-        owners, array = pending.take(limit)
+        numbers, array = pending.take(task, limit)
         batch = torch.from_numpy(array)
         if spec.clips is None:
             batch = batch.flatten(0, 1)  # (items, views, 3, H, W) to (items * views, 3, H, W)
         outputs = inference(batch, views)
-        row = 0
-        for task, numbers in owners:
-            state = states[task]
-            for layer, values in outputs.items():
-                state.layers.setdefault(layer, []).append(values[row : row + len(numbers)])
-            state.frames.extend(numbers)
-            state.computed += len(numbers)
-            row += len(numbers)
-        computed += row
-        reporter.advance(item_task, row)
-        for task in dict.fromkeys(task for task, _ in owners):
-            settle(task)
+        state = states[task]
+        for layer, values in outputs.items():
+            state.layers.setdefault(layer, []).append(values)
+        state.frames.extend(numbers)
+        state.computed += len(numbers)
+        computed += len(numbers)
+        reporter.advance(item_task, len(numbers))
 
     with contextlib.closing(messages):  # stops the decoders however this ends
         for message in messages:
             if message is None:
-                if pending.count:
-                    run(spec.batch_size)
                 continue
             kind, task, payload = message
             if kind == "items":
                 numbers, array = payload
                 states.setdefault(task, _VideoState()).received += len(numbers)
                 pending.add(task, numbers, array)
+                while pending.count(task) >= spec.batch_size:
+                    run(task, spec.batch_size)
             elif kind == "done":
                 states.setdefault(task, _VideoState()).done = True
+                if pending.count(task):
+                    run(task, pending.count(task))
                 settle(task)
             elif kind == "failed":
                 states.pop(task, None)
@@ -586,10 +595,9 @@ def _extract(
                 finish(task, None, str(payload))
             else:
                 finish(task, None, None)
-            while pending.count >= spec.batch_size:
-                run(spec.batch_size)
-        while pending.count:
-            run(spec.batch_size)
+        for task in pending.tasks():  # only reached when a decoder ended without its "done"
+            run(task, pending.count(task))
+            settle(task)
     return computed
 
 
