@@ -8,5 +8,5 @@ VENV=${VCF_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q "torch==${VCF_TORCH:-2.14.1}" "torchvision==${VCF_TORCHVISION:-0.29.1}"
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -e ".[test,ray]"
 echo "vcf installed in $VENV ($("$VENV/bin/vcf" --version))"

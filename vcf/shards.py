@@ -648,7 +648,7 @@ def merge(
         feature: Merge only this feature (e.g. ``resnet50,avgpool``); default: the frames and every
             feature that has parts.
         rootpath: Where named collections live.
-        progress: Receives ``rows`` progress events.
+        progress: Receives ``rows`` events: the videos of the frames, then the rows of each feature.
 
     Returns:
         A MergeResult.
@@ -676,7 +676,7 @@ def merge(
         raise VcfError(
             f"nothing to merge in {coll.root}: no shard parts; run `vcf frames` or `vcf features` with --shard first"
         )
-    plans: list[Callable[[], None]] = []
+    plans: list[tuple[int, Callable[[], None]]] = []
     if do_frames:
         plans.append(_prepare_frames(coll, result, reporter))
     for name in names:
@@ -689,7 +689,9 @@ def merge(
                 f"nothing to merge for {name}: no parts under {part_root}; run `vcf features --shard K/N` first"
             )
         plans.append(_prepare_feature(coll, name, result, reporter))
-    for write in plans:  # every output was checked before the first is written
+    # Progress counts videos for the frames and rows for each feature.
+    reporter.total("rows", sum(count for count, _ in plans))
+    for _, write in plans:  # every output was checked before the first is written
         write()
     _tidy(feature_shard_root(coll))
     _tidy(coll.shard_root)
@@ -733,7 +735,7 @@ def _missing_error(what: str, missing: list[str], command: str) -> VcfError:
     )
 
 
-def _prepare_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> Callable[[], None]:
+def _prepare_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
     from vcf import frames as stage
 
     root = coll.shard_root / "frames"
@@ -766,20 +768,21 @@ def _prepare_frames(coll: Collection, result: MergeResult, reporter: Reporter) -
                 for record in records
                 for video_id, data in record["done"].items()
             }
-            reporter.total("rows", len(videos))
             total = stage._write_indexes(coll, videos, done, bool(records[0]["relative_paths"]))
             failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
             layout.write_failures(coll.failures_file("frames"), failures)  # type: ignore[arg-type]
-            reporter.advance("rows", len(videos))
+            reporter.advance("rows", len(videos), description="frames")
         remove_path(root)
         result.merged["frames"] = count
         result.rows["frames"] = total
         result.failures["frames"] = len(failures)
 
-    return write
+    return len(videos), write
 
 
-def _prepare_feature(coll: Collection, name: str, result: MergeResult, reporter: Reporter) -> Callable[[], None]:
+def _prepare_feature(
+    coll: Collection, name: str, result: MergeResult, reporter: Reporter
+) -> tuple[int, Callable[[], None]]:
     import hashlib
 
     from vcf.bigfile import BigFile, BigFileWriter
@@ -826,12 +829,11 @@ def _prepare_feature(coll: Collection, name: str, result: MergeResult, reporter:
 
     def write() -> None:
         out_dir = coll.feature_dir(name)
-        reporter.total("rows", len(merged_ids), description=name)
         with BigFileWriter(out_dir, dims.pop(), overwrite=True, manifest={**common[0], "failures": len(failures)}) as w:
             for big in filled:
                 for chunk_ids, array in big.iter_chunks():
                     w.append(chunk_ids, array)
-                    reporter.advance("rows", len(chunk_ids))
+                    reporter.advance("rows", len(chunk_ids), description=name)
         layout.write_failures(coll.failures_file("features"), failures)  # type: ignore[arg-type]
         remove_path(root)
         result.merged[name] = count
@@ -839,7 +841,7 @@ def _prepare_feature(coll: Collection, name: str, result: MergeResult, reporter:
         result.dims[name] = w.dim
         result.failures[name] = len(failures)
 
-    return write
+    return len(merged_ids), write
 
 
 def _tidy(root: Path) -> None:
