@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import platform
 import resource
@@ -228,6 +229,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
         if value == 0:
             return "0"
         return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"

@@ -19,8 +19,10 @@ import importlib.util
 import inspect
 import math
 import os
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -53,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--layer", default="avgpool")
     parser.add_argument("--sets", default="native,720p", help="frame sets to run: native, 720p (comma-separated)")
     parser.add_argument("--no-video", action="store_true", help="skip the --from-video mode even when available")
+    parser.add_argument("--no-fast-decode", action="store_true", help="skip the --fast-decode run")
+    parser.add_argument("--repeat", type=int, default=1, help="run everything N times, keep each best (noisy machines)")
     return parser.parse_args()
 
 
@@ -83,17 +87,13 @@ def preprocessed_batches(items, transform: FrameTransform, batch_size: int, pin:
     return [b.pin_memory() for b in batches] if pin else batches
 
 
-def pure_rate(inference: Inference, batches: list[torch.Tensor], views: int) -> tuple[float, dict[str, np.ndarray]]:
-    """Images per second of the model alone over the batches (after one warm-up batch), and its outputs."""
-    inference(batches[0], views)
-    outputs: list[dict[str, np.ndarray]] = []
+def pure_outputs(inference: Inference, batches: list[torch.Tensor]) -> tuple[float, dict[str, np.ndarray]]:
+    """Runs the model alone over the batches; returns the seconds it took (after a warm-up batch) and its outputs."""
+    inference(batches[0])
     start = time.perf_counter()
-    for batch in batches:
-        outputs.append(inference(batch, views))
-    elapsed = time.perf_counter() - start
-    images = sum(b.shape[0] for b in batches) // views
-    merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    return images / elapsed, merged
+    outputs = [inference(batch) for batch in batches]
+    seconds = time.perf_counter() - start
+    return seconds, {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
 
 
 def probe_rate(inference: Inference, batch_size: int, shape: tuple[int, ...]) -> float:
@@ -128,7 +128,8 @@ class Progress:
 
 
 def run_library(collection: Path, args, weights: Path | None, **extra) -> tuple[float, Progress, Path]:
-    """One ``features`` call; returns its wall time, its progress record and the feature directory."""
+    """One ``features`` call from scratch; returns its wall time, its progress record and the feature directory."""
+    shutil.rmtree(collection / "FeatureData", ignore_errors=True)
     progress = Progress()
     result = features(
         collection,
@@ -211,6 +212,28 @@ def from_video_available() -> bool:
     )
 
 
+@dataclass
+class Timing:
+    """The best of the repeats of one run."""
+
+    label: str
+    images: int
+    seconds: float = math.inf
+    steady: float = math.nan
+    first_batch: float = math.nan
+    load: float = math.nan
+
+    def add(self, seconds: float, progress: Progress | None, load: common.BackgroundLoad) -> None:
+        if seconds < self.seconds:
+            self.seconds, self.load = seconds, load.cores
+            if progress is not None:
+                self.steady, self.first_batch = progress.steady_rate(), progress.first_batch_s()
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
 def main() -> None:
     args = parse_args()
     torch_device = resolve_device(args.device)
@@ -228,6 +251,8 @@ def main() -> None:
     pre = record.preprocess
     transform = FrameTransform(pre.resize, pre.crop, pre.interpolation)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    fast = not args.no_fast_decode and "fast_decode" in inspect.signature(features).parameters and "720p" in sets
+    video = not args.no_video and from_video_available()
 
     with common.temp_dir("vcf-bench-features-") as work:
         extractor, weights, weights_note = model_weights(record, args.layer, work)
@@ -246,117 +271,99 @@ def main() -> None:
             )
             for name in sets
         }
+        collections = {name: common.make_image_collection(work / f"coll-{name}", frame_sets[name]) for name in sets}
         print(
             f"frame sets written in {time.perf_counter() - start:.1f} s: "
             + ", ".join(f"{k} {len(v)} JPEGs" for k, v in frame_sets.items())
         )
+        video_collection = work / "coll-videos"
+        every = 1
+        if video:
+            (video_collection / "VideoData").mkdir(parents=True)
+            total = 0
+            for path in common.real_videos():
+                os.symlink(path, video_collection / "VideoData" / path.name)
+                total += int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
+            every = max(1, total // args.images)
 
         first = frame_sets[sets[0]]
         batches = preprocessed_batches(first, transform, args.batch_size, pin=torch_device.type == "cuda")
-        notes: list[str] = []
-        with common.BackgroundLoad() as load:
-            pure, pure_out = pure_rate(inference, batches, 1)
-        note_load(notes, "pure model", load)
-
-        rows: list[list[object]] = [["pure model (Inference on in-memory uint8 batches)", len(first), pure, "", 1.0]]
-        ratios: dict[str, float] = {}
-        extra: dict[str, float] = {}
+        pure = Timing("pure model (Inference on in-memory uint8 batches)", len(first))
+        jpeg = {name: Timing(f"vcf features, JPEG {name}", len(frame_sets[name])) for name in sets}
+        fast_run = Timing("vcf features --fast-decode, JPEG 720p", len(frame_sets.get("720p", [])))
+        video_run = Timing(f"vcf features --from-video --every {every}", 0)
         outputs: dict[str, np.ndarray] = {}
-        for name in sets:
-            collection = common.make_image_collection(work / f"coll-{name}", frame_sets[name])
+        for repeat in range(args.repeat):
             with common.BackgroundLoad() as load:
-                elapsed, progress, out_dir = run_library(collection, args, weights)
-            note_load(notes, f"JPEG {name}", load)
-            outputs[name] = BigFile(out_dir).read_array([i for i, _ in frame_sets[name]])
-            rate = len(frame_sets[name]) / elapsed
-            ratios[name] = rate / pure
-            rows.append(
-                [f"vcf features, JPEG {name}", len(frame_sets[name]), rate, progress.steady_rate(), ratios[name]]
-            )
-            print(f"  JPEG {name}: {elapsed:.1f} s, first batch after {progress.first_batch_s():.1f} s")
+                seconds, pure_out = pure_outputs(inference, batches)
+            pure.add(seconds, None, load)
+            for name in sets:
+                with common.BackgroundLoad() as load:
+                    elapsed, progress, out_dir = run_library(collections[name], args, weights)
+                jpeg[name].add(elapsed, progress, load)
+                outputs[name] = BigFile(out_dir).read_array([i for i, _ in frame_sets[name]])
+            if fast:
+                with common.BackgroundLoad() as load:
+                    elapsed, progress, out_dir = run_library(collections["720p"], args, weights, fast_decode=True)
+                fast_run.add(elapsed, progress, load)
+                outputs["fast"] = BigFile(out_dir).read_array([i for i, _ in frame_sets["720p"]])
+            if video:
+                with common.BackgroundLoad() as load:
+                    elapsed, progress, out_dir = run_library(
+                        video_collection, args, weights, from_video=True, every=every
+                    )
+                video_run.images = BigFile(out_dir).nr_of_images
+                video_run.add(elapsed, progress, load)
+            if args.repeat > 1:
+                print(f"  repeat {repeat + 1}/{args.repeat} done")
 
-        if "fast_decode" in inspect.signature(features).parameters and "720p" in frame_sets:
-            with common.BackgroundLoad() as load:
-                elapsed, progress, out_dir = run_library(work / "coll-720p", args, weights, fast_decode=True)
-            note_load(notes, "--fast-decode", load)
-            rate = len(frame_sets["720p"]) / elapsed
-            extra["720p --fast-decode"] = rate / pure
-            rows.append(
-                [
-                    "vcf features --fast-decode, JPEG 720p",
-                    len(frame_sets["720p"]),
-                    rate,
-                    progress.steady_rate(),
-                    rate / pure,
-                ]
-            )
-            fidelity = cosine(BigFile(out_dir).read_array([i for i, _ in frame_sets["720p"]]), outputs["720p"])
-            notes.append(
-                f"--fast-decode vs exact decoding (720p, {weights_note}): cosine mean {fidelity.mean():.5f}, "
-                f"min {fidelity.min():.5f}"
-            )
-
-        if not args.no_video and from_video_available():
-            collection = work / "coll-videos"
-            (collection / "VideoData").mkdir(parents=True)
-            total = 0
-            for video in common.real_videos():
-                os.symlink(video, collection / "VideoData" / video.name)
-                total += int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT))
-            every = max(1, total // args.images)
-            with common.BackgroundLoad() as load:
-                elapsed, progress, out_dir = run_library(collection, args, weights, from_video=True, every=every)
-            note_load(notes, "--from-video", load)
-            count = BigFile(out_dir).nr_of_images
-            rate = count / elapsed
-            extra["--from-video"] = rate / pure
-            rows.append(
-                [f"vcf features --from-video --every {every}", count, rate, progress.steady_rate(), rate / pure]
-            )
-        elif not args.no_video:
-            notes.append("--from-video is not available in this version of vcf")
-
+        timings = [pure, *jpeg.values()] + ([fast_run] if fast else []) + ([video_run] if video else [])
+        rows = [[t.label, t.images, t.rate, t.steady, t.first_batch, t.rate / pure.rate, t.load] for t in timings]
+        rows[0][3] = rows[0][4] = ""
         print()
-        print(common.table(["run", "images", "img/s", "steady img/s", "ratio to pure"], rows))
+        print(f"best of {args.repeat} run(s) each; 'other load' is the cores other processes kept busy meanwhile")
+        print(
+            common.table(
+                ["run", "images", "img/s", "steady img/s", "first batch s", "ratio to pure", "other load"], rows
+            )
+        )
 
         where = "720p" if "720p" in sets else sets[0]
         dim = pure_out[args.layer].shape[1]
         costs = step_costs(frame_sets[where], transform, inference, args.batch_size, dim)
-        costs["model (pure)"] = 1000 / pure
-        wall = 1000 / (ratios[where] * pure)
+        costs["model (pure)"] = 1000 / pure.rate
+        wall = 1000 / jpeg[where].rate
         print()
         print(f"where the time goes, JPEG {where} (ms per image; read, decode, preprocess and collate measured alone")
-        print("on one thread: in a run they happen in the loader workers, beside the model):")
+        print("on one thread: in a run they happen between batches or in loader workers beside the model):")
         step_rows = [[step, ms, 100 * ms / wall] for step, ms in costs.items()]
         step_rows.append(["end to end, wall", wall, 100.0])
         print(common.table(["step", "ms/img", "% of end-to-end wall"], step_rows))
 
         print()
+        caveat = "" if weights is None else " (random weights: fidelity figures mean little)"
         if args.precision in ("bf16", "fp16"):
             reference = Inference(extractor, inference.normalization, torch_device, "fp32")
             count = min(len(batches), 2)
             ref = np.concatenate([reference(b)[args.layer] for b in batches[:count]])
             cos = cosine(pure_out[args.layer][: len(ref)], ref)
             print(
-                f"{args.precision} vs fp32 features ({len(ref)} images, {weights_note}): "
-                f"cosine mean {cos.mean():.5f}, min {cos.min():.5f}"
+                f"{args.precision} vs fp32 features, {len(ref)} images: cosine mean {cos.mean():.5f}, "
+                f"min {cos.min():.5f}{caveat}"
+            )
+        if fast:
+            cos = cosine(outputs["fast"], outputs["720p"])
+            print(
+                f"--fast-decode vs exact decoding, JPEG 720p: cosine mean {cos.mean():.5f}, min {cos.min():.5f}{caveat}"
             )
         same = cosine(outputs[sets[0]], pure_out[args.layer]).min()
         print(f"library vs pure features (JPEG {sets[0]}): min cosine {same:.6f}")
-        for note in notes:
-            print(note)
 
     print()
-    for name, ratio in {**ratios, **extra}.items():
-        print(f"ratio end-to-end / pure, {name}: {ratio:.3f}")
+    for timing in timings[1:]:
+        print(f"ratio end-to-end / pure, {timing.label}: {timing.rate / pure.rate:.3f}")
     label = f"features {record.name} {args.precision} {args.device}: end-to-end / pure (worst JPEG set)"
-    print(common.headline(label, min(ratios.values())))
-
-
-def note_load(notes: list[str], run: str, load: common.BackgroundLoad) -> None:
-    """Records that other processes competed for the CPU during a run."""
-    if load.cores > 0.2:
-        notes.append(f"note: other processes kept {load.cores:.2f} cores busy during the {run} run")
+    print(common.headline(label, min(t.rate for t in jpeg.values()) / pure.rate))
 
 
 if __name__ == "__main__":

@@ -41,9 +41,11 @@ def apply_knobs(knobs: dict) -> None:
     """Patches this process for the faults named in ``knobs``.
 
     ``chunk``: rows per features work chunk (small, so that resumption is exercised on a small collection).
+    ``part_videos``: videos per ``--from-video`` work part (likewise).
     ``eio_fsync``: the N-th fsync of a regular file in each process fails with EIO, as a disk does.
     ``sleep_first_fsync``: the first fsync of each process first sleeps this many seconds.
-    ``hang`` / ``crash``: decoding the video with this id sleeps for an hour / segfaults.
+    ``hang`` / ``crash``: decoding the video with this id sleeps for an hour / segfaults (in ``vcf.frames``,
+    and in ``vcf.videofeatures`` too when ``modules`` names it).
     """
     if "chunk" in knobs:
         import vcf.features
@@ -75,19 +77,31 @@ def apply_knobs(knobs: dict) -> None:
             inner_fsync(fd)
 
         os.fsync = sleepy_fsync
+    if "part_videos" in knobs:
+        import vcf.videofeatures
+
+        vcf.videofeatures.PART_VIDEOS = int(knobs["part_videos"])
     if "hang" in knobs or "crash" in knobs:
         import vcf.frames
 
-        real_decode = vcf.frames.decode_selected
+        modules = [vcf.frames]
+        if "videofeatures" in knobs.get("modules", ()):
+            import vcf.videofeatures
 
-        def decode(path: Path, *args: object, **kwargs: object) -> object:
-            if path.stem == knobs.get("hang"):
-                time.sleep(3600)
-            if path.stem == knobs.get("crash"):
-                ctypes.string_at(0)  # a real SIGSEGV, as a broken native decoder gives
-            return real_decode(path, *args, **kwargs)
+            modules.append(vcf.videofeatures)
+        for module in modules:
+            module.decode_selected = _failing_decoder(module.decode_selected, knobs.get("hang"), knobs.get("crash"))
 
-        vcf.frames.decode_selected = decode
+
+def _failing_decoder(real_decode: Callable, hang: str | None, crash: str | None) -> Callable:
+    def decode(path: Path, *args: object, **kwargs: object) -> object:
+        if path.stem == hang:
+            time.sleep(3600)
+        if path.stem == crash:
+            ctypes.string_at(0)  # a real SIGSEGV, as a broken native decoder gives
+        return real_decode(path, *args, **kwargs)
+
+    return decode
 
 
 # Processes ---------------------------------------------------------------------------------------------
@@ -489,6 +503,7 @@ class Stage:
             BigFile directories, .h5 files. Under its final name a unit must equal the reference's.
         knobs: Knobs every run of this stage gets (e.g. a small features chunk).
         fsyncs: About how many regular-file fsyncs one process of the stage makes (EIO targets).
+        locked: Whether the stage takes an output lock (``--csv`` runs share their CSV instead).
     """
 
     name: str
@@ -497,6 +512,7 @@ class Stage:
     units: tuple[str, ...]
     knobs: tuple[tuple[str, object], ...] = ()
     fsyncs: int = 4
+    locked: bool = True
 
     @property
     def knob_dict(self) -> dict:
@@ -513,8 +529,8 @@ class Reference:
     snapshot: dict[str, str]
     tree: Path
     seconds: float
-    lock_seconds: float
-    lock_path: Path
+    lock_seconds: float | None
+    lock_path: Path | None
     bytes: int
     units: list[str]
 
@@ -555,7 +571,7 @@ class Lab:
             lock_dirs = [work, work / "FeatureData", work / "H5Data"]
             run = run_cli(stage.args(work), knobs=stage.knob_dict or None, lock_dirs=lock_dirs)
             assert run.rc == 0, run.describe()
-            assert run.lock_path is not None and run.lock_seconds is not None, f"{stage.name}: no lock seen"
+            assert run.lock_path is not None or not stage.locked, f"{stage.name}: no lock seen"
             tree = self.base / "references" / stage.name
             if tree.exists():
                 shutil.rmtree(tree)
@@ -722,7 +738,7 @@ def kill_scenarios(lab: Lab, stage: Stage, row: Row, *, kills: int, chain: int, 
                 finish_scenario(row, run_cli(args, knobs=stage.knob_dict or None), work, ref, stage, before, what)
                 break
             attempts += 1
-            if rng.random() < 0.2:
+            if ref.lock_path is None or ref.lock_seconds is None or rng.random() < 0.2:
                 run = run_cli(args, knobs=stage.knob_dict or None, kill_after=rng.uniform(0, ref.seconds))
             else:
                 window = max(0.01, (ref.seconds - ref.lock_seconds) * 1.05)
@@ -806,29 +822,29 @@ def held_lock_scenario(lab: Lab, stage: Stage, row: Row) -> None:
 
 
 def concurrent_scenario(lab: Lab, stage: Stage, row: Row, hold_seconds: float) -> None:
-    """Two runs of the same command at once: the second fails at once naming the first's pid; the first completes."""
+    """Two runs of the same command at once.
+
+    A locked stage: the second fails at once naming the first's pid, and the first completes. An unlocked
+    one (``--csv``): both complete, and the outputs are those of a single run.
+    """
     ref = lab.reference(stage)
     work = lab.fresh(stage)
     what = "two runs at once"
     row.scenarios += 1
     first = start_cli(stage.args(work), stage.knobs_with(sleep_first_fsync=hold_seconds))
-    deadline = time.monotonic() + 120
-    while lock_holder_pid(ref.lock_path) != first.process.pid and first.process.poll() is None:
-        assert time.monotonic() < deadline, "the first run never took its lock"
-        time.sleep(0.01)
-    second = run_cli(stage.args(work), knobs=stage.knob_dict or None)
+    problem = None
+    if ref.lock_path is not None:
+        deadline = time.monotonic() + 120
+        while lock_holder_pid(ref.lock_path) != first.process.pid and first.process.poll() is None:
+            assert time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.01)
+        second = run_cli(stage.args(work), knobs=stage.knob_dict or None)
+        problem = clean_error(second, str(ref.lock_path), f"pid {first.process.pid}")
+        problem = f"{problem}: {second.describe()}" if problem else None
+    else:
+        second = run_cli(stage.args(work), knobs=stage.knob_dict or None)
+        if second.rc != 0:
+            problem = f"the second run failed: {second.describe()}"
     row.runs += 1
     row.injections += 1
-    problem = clean_error(second, str(ref.lock_path), f"pid {first.process.pid}")
-    problem = f"{problem}: {second.describe()}" if problem else None
     finish_scenario(row, first.finish(), work, ref, stage, {}, what, problem)
-
-if os.environ.get(KNOBS_ENV):
-    apply_knobs(json.loads(os.environ[KNOBS_ENV]))
-
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] != "cli":
-        sys.exit("usage: python tests/faults.py cli <vcf arguments>")
-    from vcf.cli import main
-
-    main(sys.argv[2:])

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from faults import (
     held_lock_scenario,
     io_error_scenario,
     kill_scenarios,
+    reset,
     run_cli,
     seeded,
     snapshot,
@@ -92,6 +94,17 @@ def build_h5_input(root: Path) -> None:
     write_frame_feature(root, "net,avgpool", videos=600, per_video=5, dim=64, seed=3)
 
 
+def build_csv(root: Path) -> None:
+    for video_id, count, fps, ext in VIDEOS:
+        write_index_video(root / "videos" / f"{video_id}{ext}", count, fps=fps)
+    rows = [f"videos/{video_id}{ext},out/{video_id}.npy" for video_id, _, _, ext in VIDEOS]
+    (root / "in.csv").write_text("video_path,feature_path\n" + "\n".join(rows) + "\n")
+
+
+# Model stages decode in their own process (--workers 0): a loader or decoder process doubles the start-up
+# time on two cores. Killing a run whose loader processes are starting is a test of its own.
+VIDEO_ARGS = ["--model", TINY, "--device", "cpu", "--precision", "fp32", "--workers", "0", "-q"]
+
 FRAMES = Stage(
     name="frames",
     build=build_videos,
@@ -102,10 +115,26 @@ FRAMES = Stage(
 FEATURES = Stage(
     name="features",
     build=build_frames,
-    args=lambda w: ["features", str(w), *FEATURE_ARGS, "--workers", "1", "--batch-size", "4", "-q"],
+    args=lambda w: ["features", str(w), *FEATURE_ARGS, "--workers", "0", "--batch-size", "4", "-q"],
     units=("FeatureData/*",),
     knobs=(("chunk", 8),),
     fsyncs=14,
+)
+FROM_VIDEO = Stage(
+    name="features --from-video",
+    build=build_videos,
+    args=lambda w: ["features", str(w), "--from-video", "--layer", "avgpool", "--layer", "fc", *VIDEO_ARGS],
+    units=("FeatureData/*",),
+    knobs=(("part_videos", 2),),
+    fsyncs=12,
+)
+CSV = Stage(
+    name="features --csv",
+    build=build_csv,
+    args=lambda w: ["features", "--csv", str(w / "in.csv"), *VIDEO_ARGS],
+    units=("out/*.npy",),
+    fsyncs=6,
+    locked=False,
 )
 POOL = Stage(
     name="pool",
@@ -126,8 +155,9 @@ TO_H5 = Stage(
     units=("H5Data/*.h5",),
     fsyncs=1,
 )
-STAGES = (FRAMES, FEATURES, POOL, CONCAT, TO_H5)
-STAGE_IDS = [s.name for s in STAGES]
+STAGES = (FRAMES, FEATURES, FROM_VIDEO, CSV, POOL, CONCAT, TO_H5)
+STAGE_IDS = [s.name.replace("features --", "") for s in STAGES]
+MODEL_STAGES = (FEATURES, FROM_VIDEO, CSV)
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +171,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def table_file() -> None:
+def table_file() -> Iterator[None]:
     yield
     target = os.environ.get("VCF_FAULTS_TABLE")
     if target and RESULTS:
@@ -154,13 +184,49 @@ def record(row: Row) -> None:
     assert row.ok, f"{row.fault} / {row.stage}:\n" + "\n".join(row.details[:20])
 
 
+def full_only(full: bool, stage: Stage, *light: Stage) -> None:
+    """Skips unless the full matrix runs or ``stage`` is one of the ``light`` ones of the default subset."""
+    if not full and stage not in light:
+        pytest.skip("part of the full matrix (pytest --faults)")
+
+
+LIGHT = (FRAMES, POOL, CONCAT, TO_H5)
+
+
 # kill -9 -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 def test_kill9_then_rerun_gives_the_same_bytes(stage: Stage, lab: Lab, full: bool) -> None:
     row = Row("kill -9 at a random moment, rerun", stage.name)
-    kill_scenarios(lab, stage, row, kills=20 if full else 3, chain=5 if full else 3, rng=seeded("kill", stage.name))
+    kills = 20 if full else (2 if stage in MODEL_STAGES else 3)
+    kill_scenarios(lab, stage, row, kills=kills, chain=5 if full else 3, rng=seeded("kill", stage.name))
+    record(row)
+
+
+def test_kill9_while_loader_processes_start(lab: Lab, full: bool) -> None:
+    """Loader processes come from a fork server; a run killed while they start must not leave them behind."""
+    ref = lab.reference(FEATURES)
+    assert ref.lock_path is not None
+    work = lab.base / "loader-kills"
+    rng = seeded("loader")
+    row = Row("kill -9 while loader workers start (--workers 2)", "features")
+    args = ["features", str(work), *FEATURE_ARGS, "--workers", "2", "--batch-size", "4", "-q"]
+    for _ in range(5 if full else 1):
+        reset(lab.template(FEATURES), work)
+        lock = work / ref.lock_path.relative_to(lab.work(FEATURES))
+        run = run_cli(args, knobs=FEATURES.knob_dict, kill_after_lock=(lock, rng.uniform(0.0, 1.5)))
+        row.scenarios += 1
+        row.runs += 2
+        row.injections += run.killed
+        row.orphans += len(run.orphans)
+        if run.orphans:
+            row.details.append(f"processes {run.orphans} outlived the killed run")
+        final = run_cli(FEATURES.args(work), knobs=FEATURES.knob_dict)
+        snap = snapshot(work)
+        outputs = [k for k in ref.snapshot if k.startswith("FeatureData/")]
+        row.recovered += final.rc == 0 and check(work).ok
+        row.identical += all(snap.get(k) == ref.snapshot[k] for k in outputs)
     record(row)
 
 
@@ -169,22 +235,24 @@ def test_kill9_then_rerun_gives_the_same_bytes(stage: Stage, lab: Lab, full: boo
 
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 def test_disk_full_then_rerun(stage: Stage, lab: Lab, full: bool) -> None:
+    full_only(full, stage, *LIGHT)
     reason = tmpfs_available(lab.base)
     if reason is not None:
         pytest.skip(reason)
     rng = seeded("enospc", stage.name)
     row = Row("ENOSPC (small tmpfs), free space, rerun", stage.name)
-    for _ in range(4 if full else 1):
+    for _ in range(1 if not full else 2 if stage in MODEL_STAGES else 4):
         disk_full_scenario(lab, stage, row, rng.uniform(0.05, 0.95))
     record(row)
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 def test_io_error_then_rerun(stage: Stage, lab: Lab, full: bool) -> None:
+    full_only(full, stage, *LIGHT)
     rng = seeded("eio", stage.name)
-    points = sorted(rng.sample(range(1, stage.fsyncs + 1), min(stage.fsyncs, 4 if full else 1)))
+    count = 1 if not full else 2 if stage in MODEL_STAGES else 4
     row = Row("EIO on fsync, rerun", stage.name)
-    for nth in points:
+    for nth in sorted(rng.sample(range(1, stage.fsyncs + 1), min(stage.fsyncs, count))):
         io_error_scenario(lab, stage, row, nth)
     record(row)
 
@@ -193,18 +261,20 @@ def test_io_error_then_rerun(stage: Stage, lab: Lab, full: bool) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
-def test_held_lock_is_refused_then_stale_lock_taken_over(stage: Stage, lab: Lab) -> None:
+def test_held_lock_is_refused_then_stale_lock_taken_over(stage: Stage, lab: Lab, full: bool) -> None:
+    if not stage.locked:
+        pytest.skip("--csv runs share their CSV: each output is checked just before it is computed")
+    full_only(full, stage, *LIGHT)
     row = Row("lock held by a live process, then owner killed", stage.name)
     held_lock_scenario(lab, stage, row)
     record(row)
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
-def test_second_run_at_once_is_refused(stage: Stage, lab: Lab, full: bool) -> None:
-    if not full and stage.name not in ("frames", "pool"):
-        pytest.skip("part of the full matrix (--faults)")
+def test_second_run_at_once(stage: Stage, lab: Lab, full: bool) -> None:
+    full_only(full, stage, FRAMES, POOL)
     row = Row("same command twice at once", stage.name)
-    concurrent_scenario(lab, stage, row, hold_seconds=15 if stage is FEATURES else 3)
+    concurrent_scenario(lab, stage, row, hold_seconds=20 if stage in MODEL_STAGES else 3)
     record(row)
 
 

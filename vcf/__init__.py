@@ -24,5 +24,5 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         import importlib
 
-        return getattr(importlib.import_module(_API[name]), name)
+        return getattr(importlib.import_module(_API[name]), name)  # the function, not the module
     raise AttributeError(f"module 'vcf' has no attribute {name!r}")

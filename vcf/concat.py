@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vcf._api import callable_stage
 from vcf.atomic import OutputLock, clean_stale_temps
 from vcf.bigfile import BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
 from vcf.collection import resolve_collection
@@ -154,3 +155,7 @@ def concat(
     return ConcatResult(
         output=out_dir, feature=out_name, inputs=names, rows=len(kept), dim=dim, dropped=first.nr_of_images - len(kept)
     )
+
+
+# `vcf.concat(...)` stays a call of the stage function once this module is imported.
+callable_stage(__name__)

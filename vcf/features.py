@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vcf import collection as layout
+from vcf._api import callable_stage
 from vcf.atomic import (
     OutputLock,
     atomic_write_bytes,
@@ -580,3 +581,7 @@ def iter_feature_names(model: str, layers: Sequence[str], oversample: bool) -> I
 
 
 __all__ = ["FeaturesResult", "feature_name", "features", "manifest_text"]
+
+
+# `vcf.features(...)` stays a call of the stage function once this module is imported.
+callable_stage(__name__)

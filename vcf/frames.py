@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 
 from vcf import collection as layout
+from vcf._api import callable_stage
 from vcf.atomic import (
     OutputLock,
     clean_stale_temps,
@@ -339,3 +340,7 @@ def _write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, Vi
     layout.write_id_list(coll.videoset_file, video_ids)
     layout.write_id_list(coll.imageset_file, [frame_id for frame_id, _ in image_lines])
     return len(image_lines)
+
+
+# `vcf.frames(...)` stays a call of the stage function once this module is imported.
+callable_stage(__name__)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vcf._api import callable_stage
 from vcf.atomic import OutputLock, clean_stale_temps
 from vcf.bigfile import DTYPE, BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
 from vcf.collection import read_id_list, resolve_collection
@@ -254,3 +255,7 @@ def _pool_long(matrix: RowReader, rows: np.ndarray, method: str, block_rows: int
     for start in range(0, len(rows), block_rows):
         best = np.maximum(best, matrix.take(rows[start : start + block_rows]).max(axis=0))
     return best.astype(np.float32)
+
+
+# `vcf.pool(...)` stays a call of the stage function once this module is imported.
+callable_stage(__name__)
