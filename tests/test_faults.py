@@ -19,7 +19,9 @@ from faults import (
     RESULTS,
     Lab,
     Row,
+    Run,
     Stage,
+    clean_error,
     concurrent_scenario,
     disk_full_scenario,
     drop_file_permission_override,
@@ -290,16 +292,27 @@ def fps_zero_mp4(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_bad_videos_fail_alone(lab: Lab) -> None:
-    """Each bad video is one failure with a one-line reason; the good ones are complete and unchanged."""
+BAD_VIDEOS = {
+    "corrupt": "cannot open",
+    "truncated": "truncated",
+    "empty": "0 bytes",
+    "text": "cannot open",
+    "locked": "permission denied",
+    "fps0": "frame rate",
+    "zero": "no frame",
+    "gone": "cannot read",
+    "hangs": "timed out",
+    "crashes": "crashed",
+    "VideoData/my\\ video.mp4": "whitespace",
+    "VideoData/zz/v00.avi": "duplicate",
+}
+BAD_VIDEO_KNOBS = {"hang": "hangs", "crash": "crashes", "modules": ["frames", "videofeatures"]}
+
+
+def add_bad_videos(videos: Path) -> None:
+    """Adds one video of each kind of :data:`BAD_VIDEOS` (and a good one-frame video) to ``videos``."""
     import cv2
 
-    ref = lab.reference(FRAMES)
-    root = lab.base / "bad-videos"
-    if root.exists():
-        shutil.rmtree(root)
-    shutil.copytree(lab.template(FRAMES), root)
-    videos = root / "VideoData"
     rng = np.random.default_rng(5)
     (videos / "corrupt.mkv").write_bytes(rng.integers(0, 256, 30000, np.uint8).tobytes())
     write_index_video(videos / "long.mkv", 60)
@@ -318,36 +331,40 @@ def test_bad_videos_fail_alone(lab: Lab) -> None:
     write_index_video(videos / "crashes.avi", 10)
     write_index_video(videos / "my video.mp4", 5)
     write_index_video(videos / "zz" / "v00.avi", 5)  # sorts after VideoData/v00.avi, which keeps the id
-    expected = {
-        "corrupt": "cannot open",
-        "truncated": "truncated",
-        "empty": "0 bytes",
-        "text": "cannot open",
-        "locked": "permission denied",
-        "fps0": "frame rate",
-        "zero": "no frame",
-        "gone": "cannot read",
-        "hangs": "timed out",
-        "crashes": "crashed",
-        "VideoData/my\\ video.mp4": "whitespace",
-        "VideoData/zz/v00.avi": "duplicate",
-    }
-    row = Row("bad videos (12 kinds, hang and segfault included)", "frames", scenarios=1, injections=len(expected))
-    args = ["frames", str(root), "--workers", "1", "--video-timeout", "3", "-q"]
-    # As root, permissions are not checked unless the capability that overrides them is dropped.
-    run = run_cli(args, knobs={"hang": "hangs", "crash": "crashes"}, preexec=drop_file_permission_override)
-    row.runs += 1
-    row.orphans += len(run.orphans)
-    failures_file = root / "frames.failures.txt"
-    lines = failures_file.read_text().splitlines() if failures_file.is_file() else []
+
+
+def read_failures(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines() if path.is_file() else []
     # An item with a space in its name is written with the space escaped.
-    reasons = dict(re.match(r"((?:\\ |\S)+) (.*)", line).groups() for line in lines)  # type: ignore[union-attr]
+    return dict(re.match(r"((?:\\ |\S)+) (.*)", line).groups() for line in lines)  # type: ignore[union-attr]
+
+
+def failure_problems(run: Run, reasons: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """What is wrong with a run that should have failed exactly the ``expected`` items, each for its reason."""
     problems = []
-    if run.rc != 1 or "Traceback" in run.stderr or f"{len(expected)} video(s) failed" not in run.stderr:
+    if run.rc != 1 or "Traceback" in run.stderr or f"{len(expected)} " not in run.stderr:
         problems.append(run.describe())
     if set(reasons) != set(expected):
         problems.append(f"failures {sorted(reasons)} != {sorted(expected)}")
     problems += [f"{k}: {reasons[k]!r} lacks {v!r}" for k, v in expected.items() if v not in reasons.get(k, v).lower()]
+    return problems
+
+
+def test_bad_videos_fail_alone(lab: Lab) -> None:
+    """Each bad video is one failure with a one-line reason; the good ones are complete and unchanged."""
+    ref = lab.reference(FRAMES)
+    root = lab.base / "bad-videos"
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(lab.template(FRAMES), root)
+    add_bad_videos(root / "VideoData")
+    row = Row("bad videos (12 kinds, hang and segfault included)", "frames", scenarios=1, injections=len(BAD_VIDEOS))
+    args = ["frames", str(root), "--workers", "1", "--video-timeout", "3", "-q"]
+    # As root, permissions are not checked unless the capability that overrides them is dropped.
+    run = run_cli(args, knobs=BAD_VIDEO_KNOBS, preexec=drop_file_permission_override)
+    row.runs += 1
+    row.orphans += len(run.orphans)
+    problems = failure_problems(run, read_failures(root / "frames.failures.txt"), BAD_VIDEOS)
     report = check(root)
     if not report.ok:
         problems.append(f"vcf check: {[str(p) for p in report.problems[:5]]}")
@@ -361,6 +378,86 @@ def test_bad_videos_fail_alone(lab: Lab) -> None:
     good = [f"ImageData/{v}" for v, *_ in VIDEOS]
     if all(unit_files(snap, u) == unit_files(ref.snapshot, u) for u in good):
         row.identical += 1
+    row.details += problems
+    record(row)
+
+
+def test_bad_videos_fail_alone_from_video(lab: Lab, full: bool) -> None:
+    """The same bad videos read by ``features --from-video``: each fails alone, the others' rows are written."""
+    full_only(full, FROM_VIDEO)
+    ref = lab.reference(FROM_VIDEO)
+    root = lab.base / "bad-videos-from-video"
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(lab.template(FROM_VIDEO), root)
+    add_bad_videos(root / "VideoData")
+    row = Row("bad videos (12 kinds, hang and segfault included)", FROM_VIDEO.name, scenarios=1)
+    row.injections = len(BAD_VIDEOS)
+    args = [*FROM_VIDEO.args(root)[:-3], "--workers", "1", "--video-timeout", "3", "-q"]
+    run = run_cli(args, knobs=BAD_VIDEO_KNOBS, preexec=drop_file_permission_override)
+    row.runs += 1
+    row.orphans += len(run.orphans)
+    # Which words a reason uses is the decoder's business; which videos failed is not.
+    expected = dict.fromkeys(BAD_VIDEOS, "")
+    problems = failure_problems(run, read_failures(root / "features.failures.txt"), expected)
+    identical = True
+    for layer in ("avgpool", "fc"):
+        ours = BigFile(root / "FeatureData" / f"{TINY},{layer}")
+        theirs = BigFile(ref.tree / "FeatureData" / f"{TINY},{layer}")
+        good = [name for name in ours.names if not name.startswith("one_")]
+        if good != theirs.names or not np.array_equal(ours.read_array(good), theirs.matrix()):
+            identical = False
+            problems.append(f"{layer}: the good videos' rows differ from a clean run's")
+    row.recovered += not problems
+    row.identical += identical
+    row.details += problems
+    record(row)
+
+
+def test_csv_with_bad_rows(lab: Lab) -> None:
+    """Bad CSV rows and bad videos are listed by line; every other row's .npy is written and unchanged."""
+    ref = lab.reference(CSV)
+    root = lab.base / "bad-csv"
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(lab.template(CSV), root)
+    (root / "videos" / "corrupt.mkv").write_bytes(np.random.default_rng(7).integers(0, 256, 9000, np.uint8).tobytes())
+    (root / "videos" / "empty.mp4").write_bytes(b"")
+    csv = root / "in.csv"
+    csv.write_text(
+        csv.read_text()
+        + ",out/novideo.npy\n"  # line 8
+        + "videos/v01.mp4,out/v00.npy\n"  # line 9: an output already named on line 2
+        + "videos/missing.avi,out/missing.npy\n"
+        + "videos/corrupt.mkv,out/corrupt.npy\n"
+        + "videos/empty.mp4,out/empty.npy\n"
+    )
+    expected = {
+        "in.csv:8": "no video_path",
+        "in.csv:9": "also on line 2",
+        str(root / "videos" / "missing.avi"): "",
+        str(root / "videos" / "corrupt.mkv"): "cannot open",
+        str(root / "videos" / "empty.mp4"): "0 bytes",
+    }
+    row = Row("CSV with bad rows and bad videos", CSV.name, scenarios=1, injections=len(expected))
+    run = run_cli(CSV.args(root))
+    row.runs += 1
+    row.orphans += len(run.orphans)
+    problems = failure_problems(run, read_failures(root / "in.failures.txt"), expected)
+    written = sorted(p.name for p in (root / "out").iterdir())
+    if written != sorted(f"{v}.npy" for v, *_ in VIDEOS):
+        problems.append(f"outputs {written}")
+    identical = all(
+        (root / "out" / f"{v}.npy").read_bytes() == (ref.tree / "out" / f"{v}.npy").read_bytes() for v, *_ in VIDEOS
+    )
+    csv.write_text("video,feature\nvideos/v00.avi,out/v00.npy\n")
+    headerless = run_cli(CSV.args(root))
+    row.runs += 1
+    problem = clean_error(headerless, "in.csv:1")
+    if problem:
+        problems.append(f"CSV without the header: {problem}: {headerless.describe()}")
+    row.recovered += not problems
+    row.identical += identical
     row.details += problems
     record(row)
 
