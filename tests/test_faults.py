@@ -681,15 +681,15 @@ def test_damaged_output_is_not_taken_as_up_to_date(lab: Lab) -> None:
 
 def test_check_reports_what_a_kill_left(lab: Lab) -> None:
     """After a kill inside the work, vcf check exits 1 naming the leftovers; after the rerun it exits 0."""
-    ref = lab.reference(FEATURES)
-    work = lab.fresh(FEATURES)
-    run = run_cli(FEATURES.args(work), knobs=FEATURES.knob_dict, kill_after_lock=(ref.lock_path, 0.3))
+    ref = lab.reference(FRAMES)
+    assert ref.lock_path is not None
+    work = lab.fresh(FRAMES)
+    run = run_cli(FRAMES.args(work), kill_after_lock=(ref.lock_path, 0.2))
     assert run.killed
     result = runner.invoke(app, ["check", str(work), "-q"])
     assert result.exit_code == 1
     assert "stale lock" in result.output
-    run = run_cli(FEATURES.args(work), knobs=FEATURES.knob_dict)
-    assert run.rc == 0
+    assert run_cli(FRAMES.args(work)).rc == 0
     result = runner.invoke(app, ["check", str(work)])
     assert result.exit_code == 0, result.output
     assert snapshot(work) == ref.snapshot

@@ -74,6 +74,36 @@ def feature_name(model: str, layer: str, oversample: bool) -> str:
     return f"{model.replace('/', '_')},{layer}" + (",os" if oversample else "")
 
 
+
+def output_dirs(coll: Collection, model: str, layers: Sequence[str], oversample: bool) -> dict[str, Path]:
+    """The BigFile directory of each layer (``FeatureData`` is created)."""
+    coll.feature_root.mkdir(parents=True, exist_ok=True)
+    return {layer: coll.feature_dir(feature_name(model, layer, oversample)) for layer in layers}
+
+
+def outputs_lock_key(outputs: dict[str, Path]) -> str:
+    """One lock name per set of outputs, whichever input mode writes them."""
+    return hashlib.sha1("+".join(sorted(str(p) for p in outputs.values())).encode()).hexdigest()[:12]
+
+
+def pending_outputs(
+    outputs: dict[str, Path], settings: dict[str, Any], oversample: bool, overwrite: bool, result: FeaturesResult
+) -> dict[str, dict[str, Any]]:
+    """The manifest of each layer still to compute; layers already up to date get their shape in ``result``.
+
+    Raises:
+        OutputExistsError: An output exists with other settings and ``overwrite`` is false.
+    """
+    pending = {}
+    for layer, out_dir in outputs.items():
+        manifest = {**settings, "layer": layer, "oversample": oversample, "level": "frame"}
+        existing = reusable_output(out_dir, manifest, overwrite=overwrite)
+        if existing is None:
+            pending[layer] = manifest
+        else:
+            result.shapes[layer] = (existing.nr_of_images, existing.ndims)
+    return pending
+
 def _loader_context() -> Any:
     """The fork server the loader workers start from; it imports torch and OpenCV once for all of them.
 
@@ -327,20 +357,11 @@ def features(
         },
     }
     result = FeaturesResult(collection=coll.root)
-    outputs = {layer: coll.feature_dir(feature_name(record.name, layer, oversample)) for layer in layers}
+    outputs = output_dirs(coll, record.name, layers, oversample)
     result.feature_dirs = dict(outputs)
-    coll.feature_root.mkdir(parents=True, exist_ok=True)
-    lock_key = hashlib.sha1("+".join(sorted(str(p) for p in outputs.values())).encode()).hexdigest()[:12]
-    with OutputLock(features_lock(coll, lock_key, shard_spec)):
+    with OutputLock(features_lock(coll, outputs_lock_key(outputs), shard_spec)):
         clean_stale_temps(coll.feature_root)
-        pending = {}
-        for layer, out_dir in outputs.items():
-            manifest = {**settings, "layer": layer, "oversample": oversample, "level": "frame"}
-            existing = reusable_output(out_dir, manifest, overwrite=overwrite)
-            if existing is None:
-                pending[layer] = manifest
-            else:
-                result.shapes[layer] = (existing.nr_of_images, existing.ndims)
+        pending = pending_outputs(outputs, settings, oversample, overwrite, result)
         if not pending:
             result.up_to_date = True
             result.reused = len(items)

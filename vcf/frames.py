@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from vcf.atomic import (
     OutputLock,
     clean_stale_temps,
     fsync_dir,
+    fsync_file,
     is_output_error,
     publish,
     remove_path,
@@ -128,6 +130,9 @@ def _extract_one(task: _Task) -> VideoFrames:
     tmp.mkdir(parents=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, settings.quality]
     kept: list[int] = []
+    # fsync waits on the disk, not the CPU: each frame is synced in the background while decoding goes on.
+    syncer = ThreadPoolExecutor(max_workers=1)
+    synced: list[tuple[Path, Future[None]]] = []
     try:
         meta, frames = decode_selected(task.video_path, settings.sampling)
         for index, frame in frames:
@@ -140,7 +145,11 @@ def _extract_one(task: _Task) -> VideoFrames:
                 raise VcfError(f"cannot encode frame {index} as JPEG")
             with writing(target):
                 target.write_bytes(encoded.tobytes())
+            synced.append((target, syncer.submit(fsync_file, target)))
             kept.append(index)
+        for target, future in synced:
+            with writing(target):
+                future.result()
         if not kept:
             raise VideoError("no frame selected (video shorter than the sampling interval)")
         result = VideoFrames(
@@ -156,18 +165,18 @@ def _extract_one(task: _Task) -> VideoFrames:
         meta_path = tmp / FRAME_META
         with writing(meta_path):
             meta_path.write_text(record, encoding="utf-8")
-            for entry in os.scandir(tmp):
-                fd = os.open(entry.path, os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
+            fsync_file(meta_path)
             fsync_dir(tmp)
             if task.final_dir.exists():
                 remove_path(task.final_dir)
             publish(tmp, task.final_dir)
         return result
     except BaseException:
+        syncer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        syncer.shutdown(wait=False)
 
 
 def _decoded_count(container_count: int, kept: list[int]) -> int:

@@ -32,7 +32,7 @@ from vcf.atomic import (
     remove_path,
     writing,
 )
-from vcf.bigfile import BigFileWriter, reusable_output
+from vcf.bigfile import BigFileWriter
 from vcf.collection import Collection
 from vcf.engine import Inference, Normalization, resolve_device, resolve_precision
 from vcf.errors import IndexFormatError, VcfError
@@ -44,7 +44,9 @@ from vcf.features import (
     _digest,
     _read_failures,
     _resolve_model,
-    feature_name,
+    output_dirs,
+    outputs_lock_key,
+    pending_outputs,
 )
 from vcf.frames import _discover
 from vcf.preprocess import FrameTransform
@@ -856,21 +858,12 @@ def features_from_videos(
         "clips": clips.as_dict() if clips is not None else None,
     }
     result = FeaturesResult(collection=coll.root)
-    outputs = {layer: coll.feature_dir(feature_name(record.name, layer, oversample)) for layer in layers}
+    outputs = output_dirs(coll, record.name, layers, oversample)
     result.feature_dirs = dict(outputs)
-    coll.feature_root.mkdir(parents=True, exist_ok=True)
     failures_path = coll.failures_file("features")
     # The same lock as a frames-mode run writing these outputs.
-    lock_key = hashlib.sha1("+".join(sorted(str(p) for p in outputs.values())).encode()).hexdigest()[:12]
-    with OutputLock(features_lock(coll, lock_key, None)):
-        pending = {}
-        for layer, out_dir in outputs.items():
-            manifest = {**settings, "layer": layer, "oversample": oversample, "level": "frame"}
-            existing = reusable_output(out_dir, manifest, overwrite=overwrite)
-            if existing is None:
-                pending[layer] = manifest
-            else:
-                result.shapes[layer] = (existing.nr_of_images, existing.ndims)
+    with OutputLock(features_lock(coll, outputs_lock_key(outputs), None)):
+        pending = pending_outputs(outputs, settings, oversample, overwrite, result)
         if not pending:
             result.up_to_date = True
             result.reused = result.shapes[layers[0]][0]
