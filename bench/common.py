@@ -77,11 +77,11 @@ def decode_all(video: Path) -> list[np.ndarray]:
 def write_frame_set(
     out_dir: Path, count: int, size: tuple[int, int] | None = None, quality: int = 95
 ) -> list[tuple[str, Path]]:
-    """Writes ``count`` JPEG frames of the real videos, spread evenly over all their frames.
+    """Writes JPEG frames of the real videos and lists ``count`` of them, spread evenly over all their frames.
 
     Args:
         out_dir: Where the JPEGs go.
-        count: Frames to write; beyond the videos' frame total, frames repeat under new ids.
+        count: Frames to list; beyond the videos' frame total (630), the files repeat under new ids.
         size: ``(width, height)`` to resize every frame to (e.g. 1280x720), or None for the native size.
         quality: JPEG quality.
 
@@ -92,18 +92,19 @@ def write_frame_set(
     pool: list[tuple[str, np.ndarray]] = []
     for video in real_videos():
         pool.extend((f"{video.stem}_{i}", frame) for i, frame in enumerate(decode_all(video)))
-    picks = np.linspace(0, len(pool), num=count, endpoint=False).astype(int) if count <= len(pool) else None
-    chosen = [pool[i] for i in picks] if picks is not None else [pool[i % len(pool)] for i in range(count)]
-    items = []
-    for n, (frame_id, frame) in enumerate(chosen):
+    picks = np.linspace(0, len(pool), num=min(count, len(pool)), endpoint=False).astype(int)
+    written = []
+    for index in picks:
+        frame_id, frame = pool[index]
         if size is not None and (frame.shape[1], frame.shape[0]) != size:
             interpolation = cv2.INTER_AREA if frame.shape[1] > size[0] else cv2.INTER_CUBIC
             frame = cv2.resize(frame, size, interpolation=interpolation)
-        unique = frame_id if picks is not None else f"{frame_id}r{n}"
-        path = out_dir / f"{unique}.jpg"
+        path = out_dir / f"{frame_id}.jpg"
         cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        items.append((unique, path))
-    return items
+        written.append((frame_id, path))
+    if count <= len(written):
+        return written
+    return [(f"{written[n % len(written)][0]}r{n}", written[n % len(written)][1]) for n in range(count)]
 
 
 def make_image_collection(root: Path, items: Sequence[tuple[str, Path]]) -> Path:
@@ -158,6 +159,11 @@ def _busy_seconds() -> float:
         fields = [int(v) for v in handle.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its reaped children."""
+    return _own_seconds()
 
 
 def _own_seconds() -> float:

@@ -130,9 +130,12 @@ def main() -> None:
             videos = len(list((collection / "VideoData").iterdir()))
 
             out = work / f"baseline-{name}"
+            cpu = common.cpu_seconds()
             start = time.perf_counter()
-            decoded, written = baseline(collection, out, sampling, args.quality)
+            with common.BackgroundLoad() as load:
+                decoded, written = baseline(collection, out, sampling, args.quality)
             base_s = time.perf_counter() - start
+            cpu = common.cpu_seconds() - cpu
             rows.append(
                 [
                     f"{name}: OpenCV loop, 1 process",
@@ -142,6 +145,8 @@ def main() -> None:
                     base_s,
                     videos / base_s,
                     decoded / base_s,
+                    cpu / base_s,
+                    load.cores,
                     1.0,
                 ]
             )
@@ -149,11 +154,19 @@ def main() -> None:
             runs = [args.workers] + ([1] if args.single_worker and args.workers != 1 else [])
             for workers in runs:
                 shutil.rmtree(collection / "ImageData", ignore_errors=True)
+                cpu = common.cpu_seconds()
                 start = time.perf_counter()
-                result = frames(
-                    collection, fps=args.fps, every=args.every, quality=args.quality, workers=workers, overwrite=True
-                )
+                with common.BackgroundLoad() as load:
+                    result = frames(
+                        collection,
+                        fps=args.fps,
+                        every=args.every,
+                        quality=args.quality,
+                        workers=workers,
+                        overwrite=True,
+                    )
                 took = time.perf_counter() - start
+                cpu = common.cpu_seconds() - cpu
                 if result.failures:
                     raise SystemExit(f"vcf frames failed on {result.failures[:3]}")
                 if result.frames_written != written:
@@ -170,6 +183,8 @@ def main() -> None:
                         took,
                         videos / took,
                         decoded / took,
+                        cpu / took,
+                        load.cores,
                         speedup,
                     ]
                 )
@@ -177,9 +192,22 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
 
     print()
+    print("'cores used': CPU time of the run (workers included) / wall; 'other load': cores other processes kept busy")
     print(
         common.table(
-            ["run", "videos", "frames decoded", "frames written", "s", "videos/s", "frames/s", "speedup"], rows
+            [
+                "run",
+                "videos",
+                "frames decoded",
+                "frames written",
+                "s",
+                "videos/s",
+                "frames/s",
+                "cores used",
+                "other load",
+                "speedup",
+            ],
+            rows,
         )
     )
     print()

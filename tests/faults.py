@@ -848,3 +848,14 @@ def concurrent_scenario(lab: Lab, stage: Stage, row: Row, hold_seconds: float) -
     row.runs += 1
     row.injections += 1
     finish_scenario(row, first.finish(), work, ref, stage, {}, what, problem)
+
+
+if os.environ.get(KNOBS_ENV):
+    apply_knobs(json.loads(os.environ[KNOBS_ENV]))
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] != "cli":
+        sys.exit("usage: python tests/faults.py cli <vcf arguments>")
+    from vcf.cli import main
+
+    main(sys.argv[2:])

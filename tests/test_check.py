@@ -176,7 +176,7 @@ def test_leftovers_of_killed_runs(coll: Path) -> None:
     for where in (f"ImageData/.alpha.vcf-tmp-{dead}", f"FeatureData/.{FEATURE}.vcf-tmp-{dead}",
                   f".id.imagepath.txt.vcf-tmp-{dead}"):
         assert any(p.startswith(where + ":") and "temporary output" in p for p in found), where
-    assert any("unfinished features run (1 chunk(s) saved of a run over 10 images)" in p for p in found)
+    assert any("unfinished features run (1 part(s) saved of a run over 10 inputs)" in p for p in found)
     assert any(p.startswith(".vcf-frames.lock:") and f"stale lock of process {dead}" in p for p in found)
     cli = runner.invoke(app, ["check", str(coll), "-q"])
     assert cli.exit_code == 1 and len(cli.output.splitlines()) == len(found)

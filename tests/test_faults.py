@@ -232,6 +232,21 @@ def test_kill9_while_loader_processes_start(lab: Lab, full: bool) -> None:
     record(row)
 
 
+def test_worker_start_up_is_not_counted_in_the_timeout() -> None:
+    """A worker replacing a hung one may start slowly on a busy machine; its task's timeout starts with the task."""
+    import functools
+    import time
+
+    from worker_tasks import behave
+
+    from vcf.workers import TaskFailed, run_isolated
+
+    slow_start = functools.partial(time.sleep, 2.0)
+    results = dict(run_isolated(behave, ["hang", "a", "b"], workers=1, timeout=1.0, initializer=slow_start))
+    assert isinstance(results["hang"], TaskFailed) and "timed out" in results["hang"].reason
+    assert results["a"] == "A" and results["b"] == "B"
+
+
 # Full disk and I/O errors -----------------------------------------------------------------------------------
 
 

@@ -244,14 +244,15 @@ def _check_work_dir(coll: Collection, work: Path, findings: _Findings) -> None:
     if locks:
         findings.note(_rel(coll, work), "work directory of a features run in progress")
         return
-    done = len(list(work.glob("chunk-*.npz")))
+    # Frames runs save chunk-<k>.npz files, --from-video runs part-<k>.json records.
+    done = len(list(work.glob("chunk-*.npz"))) + len(list(work.glob("part-*.json")))
     of = ""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         settings = json.loads((work / "settings.json").read_text(encoding="utf-8"))
-        of = f" of a run over {int(settings['settings']['input']['count'])} images"
+        of = f" of a run over {int(settings['settings']['input']['count'])} inputs"
     findings.add(
         _rel(coll, work),
-        f"unfinished features run ({done} chunk(s) saved{of}); run the same `vcf features` command to finish it",
+        f"unfinished features run ({done} part(s) saved{of}); run the same `vcf features` command to finish it",
         kind="unfinished features run",
     )
 

@@ -335,7 +335,8 @@ def features(
     else:
         torch_device = resolve_device(device)
         chosen_precision = resolve_precision(precision, torch_device)
-    _start_loader_server(workers, torch_device)
+    if engine == "local":
+        _start_loader_server(workers, torch_device)
     record, extractor, weights_info = _resolve_model(model, layers, weights)
     pre = record.preprocess
     transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, oversample, fast_decode=fast_decode)

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ class _Task:
     video_path: Path
     final_dir: Path
     settings: FrameSettings
+    decoder_threads: int = 0
 
 
 def read_frame_meta(frame_dir: Path) -> VideoFrames | None:
@@ -117,6 +118,13 @@ def read_frame_meta(frame_dir: Path) -> VideoFrames | None:
         return None
 
 
+def decoder_threads(workers: int, videos: int) -> int:
+    """FFmpeg threads per video when ``workers`` processes decode ``videos`` videos: 0 (FFmpeg's choice,
+    about one per core) for a single video at a time, else the cores shared among the parallel decoders."""
+    parallel = max(1, min(workers, videos))
+    return 0 if parallel == 1 else max(1, (os.cpu_count() or 1) // parallel)
+
+
 def _init_decoder_process() -> None:
     # One OpenCV thread per process: parallelism comes from decoding several videos at once.
     cv2.setNumThreads(1)
@@ -134,7 +142,7 @@ def _extract_one(task: _Task) -> VideoFrames:
     syncer = ThreadPoolExecutor(max_workers=1)
     synced: list[tuple[Path, Future[None]]] = []
     try:
-        meta, frames = decode_selected(task.video_path, settings.sampling)
+        meta, frames = decode_selected(task.video_path, settings.sampling, threads=task.decoder_threads)
         for index, frame in frames:
             frame = resize_shorter_side(frame, settings.size)
             target = tmp / f"{Collection.frame_id(task.video_id, index)}.jpg"
@@ -286,6 +294,8 @@ def frames(
         reporter.total("videos", result.videos)
         reporter.advance("videos", result.skipped + len(failures))
         workers = workers or os.cpu_count() or 1
+        threads = decoder_threads(workers, len(tasks))
+        tasks = [replace(task, decoder_threads=threads) for task in tasks]
         for task, outcome in run_isolated(
             _extract_one, tasks, workers=workers, timeout=video_timeout, initializer=_init_decoder_process
         ):

@@ -39,8 +39,22 @@ class VideoMeta:
     height: int
 
 
-def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoMeta]:
+def _capture(path: Path, threads: int) -> cv2.VideoCapture:
+    if threads > 0:
+        capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, threads])
+        if capture.isOpened():
+            return capture
+    return cv2.VideoCapture(str(path))
+
+
+def open_video(path: Path, threads: int = 0) -> tuple[cv2.VideoCapture, VideoMeta]:
     """Opens a video for decoding.
+
+    Args:
+        path: The video file.
+        threads: Decoder threads; 0 lets FFmpeg choose (about one per core). Decoding several videos
+            at once, one thread each is cheaper: FFmpeg's frame threads cost about half as much CPU again
+            for the same frames (the decoded frames are the same).
 
     Raises:
         VideoError: The file is empty, cannot be opened, or has no usable frame rate.
@@ -53,7 +67,7 @@ def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoMeta]:
         raise VideoError("empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise VideoError("cannot read file: permission denied")
-    capture = cv2.VideoCapture(str(path))
+    capture = _capture(path, threads)
     if not capture.isOpened():
         raise VideoError("cannot open: not a video, or a corrupt or unsupported file")
     fps = capture.get(cv2.CAP_PROP_FPS)
@@ -78,7 +92,7 @@ class DecodeStats:
 
 
 def decode_selected(
-    path: Path, sampling: Sampling, stats: DecodeStats | None = None
+    path: Path, sampling: Sampling, stats: DecodeStats | None = None, threads: int = 0
 ) -> tuple[VideoMeta, Iterator[tuple[int, np.ndarray]]]:
     """Decodes a video frame by frame and yields only the selected frames.
 
@@ -88,6 +102,7 @@ def decode_selected(
         path: The video file.
         sampling: The frame selection rule.
         stats: Filled with the number of decoded frames as the iterator is consumed.
+        threads: Decoder threads (see :func:`open_video`).
 
     Returns:
         The container metadata, and an iterator of ``(frame_index, bgr_uint8_frame)``.
@@ -96,11 +111,11 @@ def decode_selected(
         VideoError: When opening fails (immediately), or from the iterator when no frame decodes
             or the file ends well before its announced length.
     """
-    capture, meta = open_video(path)
+    capture, meta = open_video(path, threads)
     stats = stats if stats is not None else DecodeStats()
     frame_count = meta.frame_count
     if sampling.needs_frame_count and frame_count <= 0:
-        frame_count = count_frames(path)
+        frame_count = count_frames(path, threads)
     selector = sampling.selector(meta.fps, frame_count)
 
     def frames() -> Iterator[tuple[int, np.ndarray]]:
@@ -130,9 +145,9 @@ def decode_selected(
     return meta, frames()
 
 
-def count_frames(path: Path) -> int:
+def count_frames(path: Path, threads: int = 0) -> int:
     """Counts the decodable frames of a video by grabbing them all."""
-    capture = cv2.VideoCapture(str(path))
+    capture = _capture(path, threads)
     count = 0
     try:
         while capture.grab():

@@ -22,6 +22,15 @@ class TaskFailed:
     reason: str
 
 
+class _TaskStarted:
+    """Sent by a worker as it begins a task: the timeout counts from there, not from the worker's start-up."""
+
+
+# A replacement worker may need this long to start (spawn, imports) on a busy machine before its task's
+# own timeout begins.
+STARTUP_GRACE = 120.0
+
+
 def _worker_loop(
     function: Callable[[Any], Any], connection: Connection, initializer: Callable[[], None] | None
 ) -> None:
@@ -35,6 +44,7 @@ def _worker_loop(
             return
         if task is None:
             return
+        connection.send(_TaskStarted)
         try:
             result: Any = function(task)
         except Exception as exc:  # a task's own error is data: it is reported, the worker goes on
@@ -53,11 +63,23 @@ class _Worker:
         child_end.close()
         self.task: Any = None
         self.started = 0.0
+        self.running = False
 
     def submit(self, task: Any) -> None:
         self.task = task
         self.started = time.monotonic()
+        self.running = False
         self.connection.send(task)
+
+    def deadline(self, timeout: float) -> float:
+        return self.started + timeout + (0.0 if self.running else STARTUP_GRACE)
+
+    def receive(self) -> Any:
+        """The next message, or None when there is none or the worker is gone."""
+        try:
+            return self.connection.recv() if self.connection.poll() else None
+        except (EOFError, OSError):
+            return None
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -109,8 +131,7 @@ def run_isolated(
                 busy[worker.connection] = worker
             wait_for = None
             if timeout is not None:
-                oldest = min(w.started for w in busy.values())
-                wait_for = max(0.0, oldest + timeout - time.monotonic())
+                wait_for = max(0.0, min(w.deadline(timeout) for w in busy.values()) - time.monotonic())
             sentinels = {w.process.sentinel: w for w in busy.values()}
             ready = wait([*busy.keys(), *sentinels.keys()], timeout=wait_for)
             finished: set[int] = set()
@@ -118,12 +139,14 @@ def run_isolated(
                 worker = busy.get(item) if isinstance(item, Connection) else sentinels.get(item)  # type: ignore[arg-type]
                 if worker is None or id(worker) in finished:
                     continue
+                result = worker.receive()
+                if result is _TaskStarted:
+                    worker.started, worker.running = time.monotonic(), True
+                    if not worker.connection.poll():
+                        continue
+                    result = worker.receive()
                 finished.add(id(worker))
                 del busy[worker.connection]
-                try:
-                    result = worker.connection.recv() if worker.connection.poll() else None
-                except (EOFError, OSError):
-                    result = None
                 if result is None:
                     code = worker.process.exitcode
                     worker.stop(kill=True)
@@ -135,10 +158,15 @@ def run_isolated(
             if timeout is not None:
                 now = time.monotonic()
                 for connection, worker in list(busy.items()):
-                    if now - worker.started > timeout:
+                    if now > worker.deadline(timeout):
                         del busy[connection]
                         worker.stop(kill=True)
-                        yield worker.task, TaskFailed(f"timed out after {timeout:g} s (decoder hung)")
+                        reason = (
+                            f"timed out after {timeout:g} s (decoder hung)"
+                            if worker.running
+                            else f"worker process did not start within {STARTUP_GRACE + timeout:g} s"
+                        )
+                        yield worker.task, TaskFailed(reason)
                         idle.append(_Worker(context, function, initializer))
     finally:
         for worker in [*idle, *busy.values()]:
