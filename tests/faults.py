@@ -741,7 +741,7 @@ def kill_scenarios(lab: Lab, stage: Stage, row: Row, *, kills: int, chain: int, 
             if ref.lock_path is None or ref.lock_seconds is None or rng.random() < 0.2:
                 run = run_cli(args, knobs=stage.knob_dict or None, kill_after=rng.uniform(0, ref.seconds))
             else:
-                window = max(0.01, (ref.seconds - ref.lock_seconds) * 1.05)
+                window = max(0.01, (ref.seconds - ref.lock_seconds) * 0.95)
                 run = run_cli(
                     args, knobs=stage.knob_dict or None, kill_after_lock=(ref.lock_path, rng.uniform(0, window))
                 )

@@ -224,3 +224,16 @@ def test_many_problems_are_summarised(coll: Path) -> None:
 def test_cli_help_has_an_example() -> None:
     output = runner.invoke(app, ["check", "--help"]).output
     assert "Example:" in output and "vcf check toydata" in output
+
+
+def test_h5_goes_stale_when_its_feature_changes(coll: Path) -> None:
+    from vcf.h5 import to_h5
+
+    to_h5(coll, f"mean_{FEATURE}")
+    assert check(coll).ok
+    directory = coll / "FeatureData" / f"mean_{FEATURE}"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["method"] = "changed"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    found = problems(coll)
+    assert any(p.startswith(f"H5Data/mean_{FEATURE}.h5:") and "changed since" in p for p in found), found

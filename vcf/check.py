@@ -612,9 +612,15 @@ def _check_h5(coll: Collection, findings: _Findings) -> None:
                     rows, dims = int(h5.attrs["rows"]), int(h5.attrs["dims"])
                     if h5["features"].shape != (rows, dims) or h5["ids"].shape != (rows,):
                         findings.add(where, f"datasets do not have the {rows} x {dims} shape its attributes record")
+                stamp = h5.attrs.get("source")
         except (OSError, KeyError, ValueError) as exc:
             reason = " ".join(str(exc).split())[:120] or type(exc).__name__
             findings.add(where, f"cannot be read as HDF5 (truncated or damaged?): {reason}", kind="unreadable h5")
+            continue
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            recorded = json.loads(stamp) if stamp else None
+            if recorded is not None:
+                _check_input_unchanged(coll, str(recorded["feature"]), recorded["input"], where, findings)
 
 
 # `vcf.check(...)` stays a call of the stage function once this module is imported.

@@ -50,6 +50,8 @@ class H5Result:
         dim: Values per row, or None for ``numpy``.
         failures: ``(file name, reason)`` of the .npy files that could not be converted.
         failures_file: Where the failures are listed, or None when there are none.
+        skipped: True when the output already existed, made from the same feature with the same
+            settings, and nothing was written (BigFile mode).
     """
 
     output: Path
@@ -59,6 +61,7 @@ class H5Result:
     dim: int | None
     failures: list[tuple[str, str]] = field(default_factory=list)
     failures_file: Path | None = None
+    skipped: bool = False
 
 
 def default_h5_path(collection: Collection, feature: str) -> Path:
@@ -211,22 +214,53 @@ def to_h5(
         for name in source.names:
             if split_frame_id(name) is None:
                 raise VcfError(f"the per-video layout needs frame ids <video>_<number>; {name!r} is not one")
-    with _output_lock(target, overwrite):
-        return _bigfile_to_h5(coll, source, feature, target, per_video, compression, overwrite, reporter)
+    layout = "per_video" if per_video else "matrix"
+    stamp = json.dumps(
+        {"feature": feature, "input": source.describe(), "layout": layout, "compression": compression}, sort_keys=True
+    )
+    with _output_lock(target, overwrite, stamp) as datasets:
+        if datasets is not None:
+            return H5Result(target, layout, datasets, source.nr_of_images, source.ndims, skipped=True)
+        return _bigfile_to_h5(coll, source, feature, target, per_video, compression, overwrite, reporter, stamp)
+
+
+def _made_from(target: Path, stamp: str | None) -> int | None:
+    """The number of data datasets of ``target`` when it was written from ``stamp``, else None."""
+    if stamp is None:
+        return None
+    try:
+        with h5py.File(target, "r") as h5:
+            if h5.attrs.get("source") != stamp:
+                return None
+            return 1 if h5.attrs.get("layout") == "matrix" else len(h5.keys())
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 @contextlib.contextmanager
-def _output_lock(target: Path, overwrite: bool) -> Iterator[None]:
-    """Holds the output's lock, after refusing an existing output without ``overwrite``."""
+def _output_lock(target: Path, overwrite: bool, stamp: str | None = None) -> Iterator[int | None]:
+    """Holds the output's lock, after refusing an existing output without ``overwrite``.
+
+    An existing output made from ``stamp`` is not refused: the dataset count is yielded instead of None
+    (a rerun of a command that finished, e.g. killed just after its output appeared, has nothing to do).
+    """
     if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} exists; use --overwrite to replace it")
+        done = _made_from(target, stamp)
+        if done is None:
+            raise OutputExistsError(f"{target} exists; use --overwrite to replace it")
+        yield done
+        return
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(target.parent / f".{target.name}.lock"):
         if target.exists() and not overwrite:
-            raise OutputExistsError(f"{target} exists; use --overwrite to replace it")
+            done = _made_from(target, stamp)
+            if done is None:
+                raise OutputExistsError(f"{target} exists; use --overwrite to replace it")
+            yield done
+            return
         clean_stale_temps(target.parent)
-        yield
+        yield None
 
 
 def _bigfile_to_h5(
@@ -238,9 +272,11 @@ def _bigfile_to_h5(
     compression: str | None,
     overwrite: bool,
     reporter: Reporter,
+    stamp: str,
 ) -> H5Result:
     dim = source.ndims
     with RowReader(source) as matrix, _h5_output(target, overwrite) as h5:
+        h5.attrs["source"] = stamp
         h5.attrs["feature"] = feature
         h5.attrs["collection"] = str(coll.root)
         h5.attrs["dims"] = dim

@@ -28,7 +28,9 @@ from vcf.atomic import (
     OutputLock,
     atomic_write_bytes,
     atomic_write_text,
+    clean_stale_temps,
     die_with_parent,
+    is_output_error,
     remove_path,
     writing,
 )
@@ -756,8 +758,12 @@ def _videos_digest(coll: Collection, videos: dict[str, Path]) -> str:
     """Identifies the videos read: ids, paths, sizes and modification times."""
     digest = hashlib.sha256()
     for video, path in videos.items():
-        stat = path.stat()
-        digest.update(f"{video}\t{path.relative_to(coll.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = path.stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:  # e.g. a broken link: the video fails when decoded, the run goes on
+            size = mtime = -1
+        digest.update(f"{video}\t{path.relative_to(coll.root)}\t{size}\t{mtime}\n".encode())
     return digest.hexdigest()
 
 
@@ -863,6 +869,7 @@ def features_from_videos(
     failures_path = coll.failures_file("features")
     # The same lock as a frames-mode run writing these outputs.
     with OutputLock(features_lock(coll, outputs_lock_key(outputs), None)):
+        clean_stale_temps(coll.feature_root)
         pending = pending_outputs(outputs, settings, oversample, overwrite, result)
         if not pending:
             result.up_to_date = True
@@ -1142,6 +1149,8 @@ def features_from_csv(
                     write_npy(row.output, values.astype(dtype))
                     result.computed += 1
                 except VcfError as exc:  # e.g. an output folder without write permission: this video only
+                    if is_output_error(str(exc)):
+                        raise  # a full or failing disk would fail every other video too; finished files stay
                     reason = str(exc)
             if reason is not None:
                 failures.append((_item(str(row.video)), reason))

@@ -137,7 +137,7 @@ def to_h5_command(
         shape = f"{result.rows} x {result.dim}"
     else:
         shape = f"{result.datasets} arrays"
-    typer.echo(f"wrote: {result.output} ({shape})")
+    typer.echo(f"{'up to date' if result.skipped else 'wrote'}: {result.output} ({shape})")
     report_failures(result.failures, result.failures_file, quiet, what="file")
     if result.failures:
         raise typer.Exit(1)
