@@ -201,8 +201,7 @@ LIGHT = (FRAMES, POOL, CONCAT, TO_H5)
 @pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 def test_kill9_then_rerun_gives_the_same_bytes(stage: Stage, lab: Lab, full: bool) -> None:
     row = Row("kill -9 at a random moment, rerun", stage.name)
-    # The features stage gets 20 kills in its frames mode and 10 in each of its video and CSV modes.
-    kills = (10 if stage in (FROM_VIDEO, CSV) else 20) if full else (2 if stage in MODEL_STAGES else 3)
+    kills = 20 if full else (2 if stage in MODEL_STAGES else 3)
     kill_scenarios(lab, stage, row, kills=kills, chain=5 if full else 3, rng=seeded("kill", stage.name))
     record(row)
 

@@ -141,6 +141,64 @@ def test_ray_features_equal_local_despite_a_killed_model_actor(local_ray: None, 
     assert feature_files(collection) == expected
 
 
+def test_ray_from_video_equals_local_despite_a_killed_decoder(local_ray: None, collection: Path) -> None:
+    for number in range(2):  # long enough for a decoder to be caught at work
+        write_index_video(collection / "VideoData" / f"w{number}.avi", 150, fps=10, size=(320, 240))
+    options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 4, "every": 2}
+    single = features(collection, from_video=True, workers=0, **options)
+    expected = feature_files(collection)
+    shutil.rmtree(collection / "FeatureData")
+    (collection / "features.failures.txt").unlink()
+
+    killed: list[int] = []
+    finished = threading.Event()
+
+    def kill_one_decoder() -> None:
+        while not finished.is_set() and not killed:
+            for pid in descendants("_decode_batches"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_one_decoder)
+    killer.start()
+    events: list[ProgressEvent] = []
+    try:
+        result = features(collection, from_video=True, engine="ray", progress=events.append, **options)
+    finally:
+        finished.set()
+        killer.join()
+    assert killed, "no decoder was seen at work"
+    assert [item for item, _ in result.failures] == ["empty"]
+    assert result.computed == single.computed == sum(e.advance for e in events if e.task == "frames")
+    assert feature_files(collection) == expected
+
+
+def test_ray_csv_and_from_video_shards_equal_local(local_ray: None, collection: Path, tmp_path: Path) -> None:
+    options = {"model": TINY, "layers": ["fc"], "precision": "fp32", "batch_size": 3}
+    videos = sorted((collection / "VideoData").iterdir())
+    lines = ["video_path,feature_path", *(f"{v},{v.stem}.npy" for v in videos)]
+    outputs = {}
+    for engine in ("local", "ray"):
+        (tmp_path / engine).mkdir()
+        csv = tmp_path / engine / "in.csv"
+        csv.write_text("\n".join(lines) + "\n")
+        result = features(csv=csv, engine=engine, workers=0 if engine == "local" else None, **options)
+        assert [Path(item).name for item, _ in result.failures] == ["empty.mp4"]
+        outputs[engine] = {p.name: p.read_bytes() for p in sorted((tmp_path / engine).glob("*.npy"))}
+    assert len(outputs["local"]) == 4 and outputs["ray"] == outputs["local"]
+
+    features(collection, from_video=True, workers=0, **options)
+    expected = feature_files(collection, "fc")
+    shutil.rmtree(collection / "FeatureData")
+    (collection / "features.failures.txt").unlink()
+    features(collection, from_video=True, engine="ray", shard="0/2", **options)
+    features(collection, from_video=True, workers=0, shard="1/2", **options)
+    merge(collection)
+    assert feature_files(collection, "fc") == expected
+
+
 def test_unreachable_cluster_is_a_one_line_error() -> None:
     from vcf.errors import VcfError
     from vcf.ray_engine import _probe

@@ -264,3 +264,116 @@ def test_cli_shards_and_merge(multi: Path) -> None:
     help_text = runner.invoke(app, ["merge", "--help"]).output
     assert "Example:" in help_text and "vcf merge toydata" in help_text
     assert "--shard" in runner.invoke(app, ["features", "--help"]).output
+
+
+# Direct video and CSV --------------------------------------------------------------------------
+
+
+def run_from_video(root: Path, **options: object):  # type: ignore[no-untyped-def]
+    return features(
+        root, from_video=True, model=TINY, layers=LAYERS, precision="fp32", batch_size=3, workers=0, every=3, **options
+    )
+
+
+def test_from_video_shards_merge_to_the_single_runs_bytes(multi: Path) -> None:
+    single = run_from_video(multi)
+    assert sorted(item for item, _ in single.failures) == ["VideoData/my\\ video.avi", "empty"]
+    reference = feature_files(multi)
+    assert len(reference) == 9
+    for count in (2, 3, 7):  # 7: more shards than videos, some shards get none
+        shutil.rmtree(multi / "FeatureData")
+        (multi / "features.failures.txt").unlink()
+        rows = 0
+        for index in range(count):
+            result = run_from_video(multi, shard=f"{index}/{count}")
+            assert result.feature_dirs["avgpool"].parent.parent.name == ".vcf-shards"
+            assert not (multi / "FeatureData" / f"{TINY},avgpool").exists()
+            rows += result.computed
+        assert rows == single.computed
+        merged = merge(multi)
+        assert merged.merged == {f"{TINY},{layer}": count for layer in LAYERS}
+        assert feature_files(multi) == reference
+        assert run_from_video(multi).up_to_date  # the merged manifest is the single run's
+        assert not (multi / "FeatureData" / ".vcf-shards").exists()
+
+
+def test_from_video_shard_resumes_and_merge_checks_the_videos(multi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vcf.videofeatures as video_stage
+
+    run_from_video(multi)
+    reference = feature_files(multi)
+    shutil.rmtree(multi / "FeatureData")
+    monkeypatch.setattr(video_stage, "PART_VIDEOS", 1)  # a part per finished video
+    original = video_stage._PartStore.flush
+    calls = {"n": 0}
+
+    def flush_then_die(self):  # type: ignore[no-untyped-def]
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(video_stage._PartStore, "flush", flush_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_from_video(multi, shard="0/2")
+    monkeypatch.setattr(video_stage._PartStore, "flush", original)
+    assert not (multi / "FeatureData" / ".vcf-shards" / f"{TINY},avgpool" / "0-of-2").exists()
+    resumed = run_from_video(multi, shard="0/2")
+    assert resumed.reused > 0 and resumed.computed > 0
+    assert run_from_video(multi, shard="0/2").up_to_date  # a complete part is kept
+    with pytest.raises(VcfError, match=r"1 shard\(s\) not complete: 1/2 not run"):
+        merge(multi)
+    run_from_video(multi, shard="1/2")
+    write_index_video(multi / "VideoData" / "v9.avi", 12)  # VideoData changed after the shards ran
+    with pytest.raises(VcfError, match=r"other videos \(VideoData changed since\); rerun it"):
+        merge(multi)
+    (multi / "VideoData" / "v9.avi").unlink()
+    merge(multi)
+    assert feature_files(multi) == reference
+
+
+def write_csv(root: Path, multi: Path) -> Path:
+    videos = sorted(p.name for p in (multi / "VideoData").iterdir())
+    lines = ["video_path,feature_path"] + [f"{multi / 'VideoData' / v},npy/{Path(v).stem}" for v in videos]
+    lines.append(",npy/no_video")  # a bad row: no video
+    csv = root / "videos.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv
+
+
+def npy_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "npy").glob("*.npy"))}
+
+
+def test_csv_shards_write_the_single_runs_files(multi: Path, tmp_path: Path) -> None:
+    options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2, "workers": 0}
+    single_dir, shard_dir = tmp_path / "single", tmp_path / "sharded"
+    single_dir.mkdir()
+    shard_dir.mkdir()
+    single = features(csv=write_csv(single_dir, multi), **options)
+    reference = npy_files(single_dir)
+    assert len(reference) == 6 and len(single.failures) == 2  # the empty video, the row without one
+    csv = write_csv(shard_dir, multi)
+    failures = []
+    for index in range(3):
+        result = features(csv=csv, shard=f"{index}/3", **options)
+        failures += result.failures
+        assert result.failures_file in (None, shard_dir / f"videos.{index}-of-3.failures.txt")
+    assert npy_files(shard_dir) == reference
+    assert sorted(failures) == sorted(single.failures)  # the bad row once, in shard 0
+    assert not (shard_dir / "videos.failures.txt").exists()
+    again = features(csv=csv, shard="1/3", **options)
+    assert again.computed == 0 and again.reused > 0
+
+
+def test_check_lists_unmerged_shards(multi: Path) -> None:
+    from vcf.check import check
+
+    run_from_video(multi, shard="0/2")
+    found = [f"{p.where}: {p.what}" for p in check(multi).problems]
+    assert any("shard parts not merged" in p and "1/2 not run" in p for p in found), found
+    run_from_video(multi, shard="1/2")
+    found = [f"{p.where}: {p.what}" for p in check(multi).problems]
+    assert any(f"complete but not merged; run `vcf merge {multi} {TINY},avgpool`" in p for p in found), found
+    merge(multi)
+    assert not any("merge" in p.what for p in check(multi).problems)

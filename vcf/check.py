@@ -9,7 +9,7 @@ import itertools
 import json
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from vcf._api import callable_stage
 from vcf.atomic import MANIFEST_NAME, TMP_MARK, pid_alive, read_manifest
 from vcf.bigfile import BigFile
 from vcf.collection import Collection
-from vcf.errors import CollectionError, FeatureFileError
+from vcf.errors import CollectionError, FeatureFileError, VcfError
 from vcf.frames import FRAME_META
 from vcf.progress import ProgressCallback, Reporter
 
@@ -138,6 +138,7 @@ def check(
     findings = _Findings(result)
     reporter = Reporter(progress)
     _check_leftovers(coll, findings)
+    _check_shards(coll, feature, findings)
     imagepath_ids = _check_frames(coll, findings, reporter)
     for name in [feature] if feature is not None else coll.list_features():
         _check_feature(coll, name, imagepath_ids, findings, reporter)
@@ -255,6 +256,37 @@ def _check_work_dir(coll: Collection, work: Path, findings: _Findings) -> None:
         f"unfinished features run ({done} part(s) saved{of}); run the same `vcf features` command to finish it",
         kind="unfinished features run",
     )
+
+
+def _check_shards(coll: Collection, feature: str | None, findings: _Findings) -> None:
+    """Parts of sharded runs not merged yet: what ``vcf merge`` would do with them, or why it cannot yet."""
+    from vcf.progress import Reporter
+    from vcf.shards import MergeResult, _has_parts, _prepare_feature, _prepare_frames, feature_shard_root
+
+    targets: list[tuple[str, Path, Callable[[], object]]] = []
+    quiet = Reporter(None)
+    if feature is None:
+        frames_root = coll.shard_root / "frames"
+        targets.append(("frames", frames_root, lambda: _prepare_frames(coll, MergeResult(coll.root), quiet)))
+    root = feature_shard_root(coll)
+    names = [feature] if feature is not None else sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    for name in names:
+        targets.append((name, root / name, lambda n=name: _prepare_feature(coll, n, MergeResult(coll.root), quiet)))
+    for what, part_root, prepare in targets:
+        if not _has_parts(part_root):
+            continue
+        where = _rel(coll, part_root)
+        try:
+            prepare()
+        except VcfError as exc:
+            findings.add(where, f"shard parts not merged: {exc}", kind="unmerged shards")
+            continue
+        findings.add(
+            where,
+            f"every shard of {what} is complete but not merged; run `vcf merge {coll.root}"
+            f"{'' if what == 'frames' else ' ' + what}`",
+            kind="unmerged shards",
+        )
 
 
 # Frames and index files --------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def features(
         rootpath=rootpath,
         overwrite=overwrite,
         progress=progress,
-        scale_out=(shard, engine),
+        scale_out=(shard, engine, ray_address),
         fps=fps,
         every=every,
         num_frames=num_frames,

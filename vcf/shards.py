@@ -432,7 +432,7 @@ def run_features_job(
         run_settings = {**run_settings, "shard": [spec.index, spec.count], "rows": [owned.start, owned.stop]}
         parts = {layer: feature_part_dir(coll, job.outputs[layer].name, spec) for layer in job.manifests}
         shard_info = _shard_info(spec, owned, count)
-        if all(_part_matches(parts[layer], manifest, shard_info) for layer, manifest in job.manifests.items()):
+        if all(part_matches(parts[layer], manifest, shard_info) for layer, manifest in job.manifests.items()):
             result.feature_dirs = dict(parts)
             result.up_to_date = True
             result.reused = len(owned)
@@ -502,7 +502,7 @@ def _read_part_manifest(part: Path) -> dict[str, Any] | None:
     return read_manifest(part) if part.is_dir() else None
 
 
-def _part_matches(part: Path, manifest: dict[str, Any], shard_info: dict[str, Any]) -> bool:
+def part_matches(part: Path, manifest: dict[str, Any], shard_info: dict[str, Any]) -> bool:
     """True when a complete part made with these settings and rows is already there."""
     previous = _read_part_manifest(part)
     if previous is None or not all(previous.get(k) == v for k, v in manifest.items()):
@@ -789,22 +789,35 @@ def _prepare_feature(
 
     root = feature_shard_root(coll) / name
     count = _shard_count(root, name)
-    index_bytes = coll.imagepath_file.read_bytes() if coll.imagepath_file.is_file() else b""
-    ids = [i for i, _ in layout.parse_id_value_lines(coll.imagepath_file, index_bytes.decode("utf-8").splitlines())]
-    index_sha = hashlib.sha256(index_bytes).hexdigest()
+    manifests = [_read_part_manifest(root / Shard(index, count).name) for index in range(count)]
+    from_videos = any(((m or {}).get("input") or {}).get("source") == "videos" for m in manifests)
+    # What the parts must have been made from: the index's rows, or (--from-video) the videos of VideoData.
+    if from_videos:
+        from vcf.frames import _discover
+        from vcf.videofeatures import _videos_digest
+
+        videos, _ = _discover(coll)
+        input_sha, source = _videos_digest(coll, videos), "other videos (VideoData changed since)"
+        assigned = assign_videos(videos, count)
+    else:
+        index_bytes = coll.imagepath_file.read_bytes() if coll.imagepath_file.is_file() else b""
+        lines = index_bytes.decode("utf-8").splitlines()
+        ids = [i for i, _ in layout.parse_id_value_lines(coll.imagepath_file, lines)]
+        input_sha, source = hashlib.sha256(index_bytes).hexdigest(), "another id.imagepath.txt"
     parts: list[tuple[BigFile, dict[str, Any]]] = []
     missing: list[str] = []
     locks = list(feature_shard_root(coll).glob(".vcf-features-*.lock"))
-    for index in range(count):
+    for index, manifest in enumerate(manifests):
         spec = Shard(index, count)
         directory = root / spec.name
-        manifest = _read_part_manifest(directory)
         if manifest is None or "shard" not in manifest or not _bigfile_ok(directory):
             mine = [lock for lock in locks if lock.name.endswith(f"-{spec.name}.lock")]
             missing.append(f"{spec} {_lock_state(mine)}")
             continue
-        if (manifest.get("input") or {}).get("sha256") != index_sha:
-            missing.append(f"{spec} was computed from another id.imagepath.txt; rerun it")
+        if (manifest.get("input") or {}).get("sha256") != input_sha or (
+            from_videos and manifest["shard"].get("videos") != assigned[index]
+        ):
+            missing.append(f"{spec} was computed from {source}; rerun it")
             continue
         parts.append((BigFile(directory), manifest))
     if missing:
@@ -812,14 +825,23 @@ def _prepare_feature(
     common = [{k: v for k, v in m.items() if k not in _FILE_FIELDS} for _, m in parts]
     if any(c != common[0] for c in common):
         raise VcfError(f"cannot merge {name}: its shards were run with different settings; rerun them alike")
-    ranges = [tuple(m["shard"]["rows"]) for _, m in parts]
-    if ranges[0][0] != 0 or ranges[-1][1] != len(ids) or any(a[1] != b[0] for a, b in itertools.pairwise(ranges)):
-        raise VcfError(f"cannot merge {name}: its shards do not cover id.imagepath.txt row by row; rerun them")
     failures = [tuple(f) for _, m in parts for f in m["shard"]["failures"]]
-    failed = {f[0] for f in failures}
     merged_ids = [n for big, _ in parts for n in big.names]
-    if merged_ids != [i for i in ids if i not in failed]:
-        raise VcfError(f"cannot merge {name}: the rows of its parts are not those of id.imagepath.txt; rerun them")
+    if from_videos:
+        failures.sort()  # as a single run lists them
+        failed = {f[0] for f in failures}
+        order = {video: position for position, video in enumerate(videos)}
+        runs = [key for key, _ in itertools.groupby(video_key(i) for i in merged_ids)]
+        positions = [order.get(video, -1) for video in runs]
+        if -1 in positions or positions != sorted(set(positions)) or failed & set(runs):
+            raise VcfError(f"cannot merge {name}: the rows of its parts are not those of the videos; rerun them")
+    else:
+        ranges = [tuple(m["shard"]["rows"]) for _, m in parts]
+        if ranges[0][0] != 0 or ranges[-1][1] != len(ids) or any(a[1] != b[0] for a, b in itertools.pairwise(ranges)):
+            raise VcfError(f"cannot merge {name}: its shards do not cover id.imagepath.txt row by row; rerun them")
+        failed = {f[0] for f in failures}
+        if merged_ids != [i for i in ids if i not in failed]:
+            raise VcfError(f"cannot merge {name}: the rows of its parts are not those of id.imagepath.txt; rerun them")
     filled = [big for big, _ in parts if big.nr_of_images]
     if not filled:
         raise VcfError(f"no image could be read, nothing to write to {coll.feature_dir(name)}; see the failures")

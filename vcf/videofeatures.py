@@ -54,7 +54,16 @@ from vcf.frames import _discover
 from vcf.preprocess import FrameTransform
 from vcf.progress import ProgressCallback, Reporter
 from vcf.sampling import Sampling
-from vcf.shards import features_lock
+from vcf.shards import (
+    Shard,
+    assign_videos,
+    feature_part_dir,
+    feature_shard_root,
+    features_lock,
+    owned_rows,
+    parse_scale_out,
+    part_matches,
+)
 from vcf.video import VideoError, decode_selected
 
 # r2plus1d_18 is the best of torchvision's Kinetics-400 ResNet-18 video models and downloads like any other
@@ -635,6 +644,73 @@ def _inference(record: Any, extractor: Any, device: Any, precision: str) -> Infe
     )
 
 
+def _resolve_engine(
+    shard: str | Shard | None, engine: str, ray_address: str | None, device: str, precision: str
+) -> tuple[Shard | None, torch.device, str]:
+    """Checks the scale-out options and resolves where the model runs: this machine, or the Ray cluster."""
+    spec = parse_scale_out(shard, engine, ray_address)
+    if engine == "ray":  # the model runs on the cluster's devices, not on this machine's
+        from vcf.ray_engine import resolve_cluster_device
+
+        torch_device, chosen_precision = resolve_cluster_device(device, precision, ray_address)
+        return spec, torch_device, chosen_precision
+    torch_device = resolve_device(device)
+    return spec, torch_device, resolve_precision(precision, torch_device)
+
+
+def _compute(
+    paths: Sequence[Path],
+    spec: DecodeSpec,
+    *,
+    record: Any,
+    extractor: Any,
+    device: torch.device,
+    precision: str,
+    workers: int | None,
+    timeout: float | None,
+    engine: str,
+    ray_address: str | None,
+    reporter: Reporter,
+    finish: Callable[[int, VideoRows | None, str | None], None],
+    wanted: Callable[[int], bool] | None = None,
+) -> int:
+    """Decodes and computes ``paths`` with the chosen engine; ``finish`` as for :func:`_extract`.
+
+    Returns:
+        The number of items computed.
+    """
+    if engine != "ray":
+        inference = _inference(record, extractor, device, precision)
+        return _extract(_messages(paths, spec, workers, timeout, wanted), inference, spec, reporter, finish)
+    from vcf.ray_engine import video_rows
+
+    computed = 0
+    item_task = "clips" if spec.clips is not None else "frames"
+
+    def on_items(count: int) -> None:
+        nonlocal computed
+        computed += count
+        reporter.advance(item_task, count)
+
+    pre = record.preprocess
+    for task, rows, reason in video_rows(
+        paths,
+        spec,
+        extractor=extractor,
+        normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
+        device=device,
+        precision=precision,
+        channels_last=record.kind == "2d",
+        timeout=timeout,
+        workers=workers,
+        address=ray_address,
+        wanted=wanted,
+        on_items=on_items,
+    ):
+        finish(task, rows, reason)
+    return computed
+
+
 # ------------------------------------------------------------------------------------- collection mode
 
 
@@ -749,6 +825,14 @@ class _PartStore:
                 writer.abort()
             raise
 
+    def write_part(self, layer: str, order: Sequence[str], part: Path, manifest: dict) -> int:
+        """Writes a shard's part BigFile (see :meth:`write_bigfile`); an empty one when no video was decoded."""
+        if any(video in self.rows for video in order):
+            return self.write_bigfile(layer, order, part, manifest, overwrite=True)
+        with BigFileWriter(part, 1, overwrite=True, manifest=manifest):  # merge skips empty parts: any width
+            pass
+        return 0
+
     def remove(self) -> None:
         self._arrays.clear()
         remove_path(self.directory)
@@ -788,6 +872,9 @@ def features_from_videos(
     rootpath: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     video_timeout: float | None = None,
+    shard: str | Shard | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> FeaturesResult:
     """Computes features of the videos in ``VideoData/`` without writing frame files.
@@ -820,10 +907,16 @@ def features_from_videos(
         rootpath: Where named collections live.
         overwrite: Replace outputs made with other settings.
         video_timeout: Seconds a decoder may go without producing anything before its video is failed.
+        shard: ``K/N``: compute only shard K (from 0) of N, whole videos balanced by file size, into part
+            BigFiles under ``FeatureData/.vcf-shards/``; :func:`vcf.merge` assembles them.
+        engine: ``local`` (decoder processes feed this process's model) or ``ray`` (decoding tasks feed
+            model actors on a Ray cluster).
+        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
 
     Returns:
-        A FeaturesResult; ``computed`` and ``reused`` count rows.
+        A FeaturesResult; ``computed`` and ``reused`` count rows (in a shard run, ``feature_dirs`` are the
+        part directories).
 
     Raises:
         VcfError: No VideoData, unknown model or layer, bad options, outputs made with other settings, a
@@ -846,8 +939,7 @@ def features_from_videos(
     videos, failures = _discover(coll)
     if not videos and not failures:
         raise VcfError(f"no video files in {coll.video_dir}")
-    torch_device = resolve_device(device)
-    chosen_precision = resolve_precision(precision, torch_device)
+    shard_spec, torch_device, chosen_precision = _resolve_engine(shard, engine, ray_address, device, precision)
     record, extractor, weights_info = _resolve_model(record.name, layers, weights)
     settings = {
         "model": record.name,
@@ -868,8 +960,9 @@ def features_from_videos(
     result.feature_dirs = dict(outputs)
     failures_path = coll.failures_file("features")
     # The same lock as a frames-mode run writing these outputs.
-    with OutputLock(features_lock(coll, outputs_lock_key(outputs), None)):
-        clean_stale_temps(coll.feature_root)
+    with OutputLock(features_lock(coll, outputs_lock_key(outputs), shard_spec)):
+        if shard_spec is None:  # a shard cannot tell whether another node's pid is alive
+            clean_stale_temps(coll.feature_root)
         pending = pending_outputs(outputs, settings, oversample, overwrite, result)
         if not pending:
             result.up_to_date = True
@@ -879,7 +972,23 @@ def features_from_videos(
             return result
 
         work = {"settings": settings, "layers": layers, "oversample": oversample}
-        store = _PartStore(coll.feature_root / (WORK_PREFIX + _digest(work)), work, layers)
+        work_dir = coll.feature_root / (WORK_PREFIX + _digest(work))
+        parts: dict[str, Path] = {}
+        shard_info: dict[str, Any] = {}
+        if shard_spec is not None:
+            mine = assign_videos(videos, shard_spec.count)[shard_spec.index]
+            videos = {video: videos[video] for video in mine}
+            # Unusable file names concern the whole collection: the first shard lists them, as in frames.
+            failures = failures if shard_spec.index == 0 else []
+            shard_info = {"index": shard_spec.index, "count": shard_spec.count, "videos": mine}
+            parts = {layer: feature_part_dir(coll, outputs[layer].name, shard_spec) for layer in pending}
+            if all(part_matches(parts[layer], manifest, shard_info) for layer, manifest in pending.items()):
+                return _finished_part(result, parts)
+            for part in parts.values():
+                remove_path(part)  # a part appears only once its shard completes
+            work_dir = feature_shard_root(coll) / f".work-{_digest(work)}-{shard_spec.name}"
+            failures_path = feature_shard_root(coll) / f"features.{shard_spec.name}.failures.txt"
+        store = _PartStore(work_dir, work, layers)
         ids = list(videos)
         todo = [video for video in ids if not store.done(video)]
         reporter = Reporter(progress)
@@ -891,9 +1000,20 @@ def features_from_videos(
             store.add(todo[task], rows, reason)
             reporter.advance("videos", 1, description=todo[task])
 
-        inference = _inference(record, extractor, torch_device, chosen_precision)
-        messages = _messages([videos[v] for v in todo], spec, workers, video_timeout)
-        result.computed = _extract(messages, inference, spec, reporter, finish)
+        result.computed = _compute(
+            [videos[v] for v in todo],
+            spec,
+            record=record,
+            extractor=extractor,
+            device=torch_device,
+            precision=chosen_precision,
+            workers=workers,
+            timeout=video_timeout,
+            engine=engine,
+            ray_address=ray_address,
+            reporter=reporter,
+            finish=finish,
+        )
         store.flush()
 
         failures = sorted([*failures, *store.failed.items()])
@@ -901,9 +1021,30 @@ def features_from_videos(
         result.failures = failures
         result.failures_file = failures_path if failures else None
         for layer, manifest in pending.items():
-            dims = store.write_bigfile(layer, ids, outputs[layer], {**manifest, "failures": len(failures)}, overwrite)
+            if shard_spec is None:
+                manifest = {**manifest, "failures": len(failures)}
+                dims = store.write_bigfile(layer, ids, outputs[layer], manifest, overwrite)
+            else:
+                manifest = {**manifest, "shard": {**shard_info, "failures": [list(f) for f in failures]}}
+                dims = store.write_part(layer, ids, parts[layer], manifest)
             result.shapes[layer] = (store.total_rows(), dims)
+        if parts:
+            result.feature_dirs = dict(parts)
         store.remove()
+    return result
+
+
+def _finished_part(result: FeaturesResult, parts: dict[str, Path]) -> FeaturesResult:
+    """The result of a shard whose parts are complete already."""
+    from vcf.atomic import read_manifest
+
+    result.feature_dirs = dict(parts)
+    result.up_to_date = True
+    for layer, part in parts.items():
+        manifest = read_manifest(part) or {}
+        result.shapes[layer] = tuple(manifest.get("shape", (0, 0)))  # type: ignore[assignment]
+        result.failures = [tuple(f) for f in manifest.get("shard", {}).get("failures", [])]  # type: ignore[misc]
+    result.reused = result.shapes[next(iter(parts))][0] if parts else 0
     return result
 
 
@@ -1008,10 +1149,26 @@ def read_feature_csv(path: str | os.PathLike[str]) -> tuple[list[CsvRow], list[t
     return rows, bad
 
 
-def csv_failures_path(csv: str | os.PathLike[str]) -> Path:
-    """Where a CSV run lists its failures: ``<csv stem>.failures.txt`` next to the CSV."""
+def csv_failures_path(csv: str | os.PathLike[str], shard: Shard | None = None) -> Path:
+    """Where a CSV run lists its failures: ``<csv stem>.failures.txt`` next to the CSV.
+
+    Shard K of N uses ``<csv stem>.<K>-of-<N>.failures.txt``, so that shards never write the same file.
+    """
     path = Path(csv).expanduser()
+    if shard is not None:
+        return path.with_name(f"{path.stem}.{shard.name}.failures.txt")
     return path.with_name(f"{path.stem}.failures.txt")
+
+
+def _file_size(path: Path) -> float:
+    try:
+        return float(path.stat().st_size)
+    except OSError:  # a missing video fails when decoded; it weighs nothing in the split
+        return 0.0
+
+
+def _bounds(rows: range) -> tuple[int, int]:
+    return rows.start, rows.stop
 
 
 def complete_npy(path: Path, dims: int) -> bool:
@@ -1060,6 +1217,9 @@ def features_from_csv(
     weights: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     video_timeout: float | None = None,
+    shard: str | Shard | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> CsvFeaturesResult:
     """Computes one ``.npy`` of shape (T, D) per video of a ``video_path,feature_path`` CSV.
@@ -1091,6 +1251,11 @@ def features_from_csv(
         weights: A local weights file instead of the model's published weights.
         overwrite: Recompute outputs that already exist.
         video_timeout: Seconds a decoder may go without producing anything before its video is failed.
+        shard: ``K/N``: compute only shard K (from 0) of N, contiguous rows balanced by video file size. The
+            shards write disjoint .npy files, so nothing needs merging; each lists its failures in
+            ``<csv stem>.<K>-of-<N>.failures.txt`` (bad rows in shard 0's).
+        engine: ``local`` or ``ray`` (decoding tasks feed model actors on a Ray cluster).
+        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
 
     Returns:
@@ -1118,26 +1283,28 @@ def features_from_csv(
     clips = clip_settings(record, clip_len, clip_stride, clip_fps)
     sampling = _sampling(record, clips, fps, every, num_frames, default_fps=DEFAULT_CSV_FPS)
     spec = _decode_spec(record, sampling, clips, oversample, batch_size)
+    shard_spec = parse_scale_out(shard, engine, ray_address)
     csv_path = Path(csv).expanduser()
     rows, failures = read_feature_csv(csv_path)
+    if shard_spec is not None:
+        sizes = [_file_size(row.video) for row in rows]
+        rows = rows[slice(*_bounds(owned_rows([str(row.output) for row in rows], shard_spec, sizes)))]
+        failures = failures if shard_spec.index == 0 else []
     result = CsvFeaturesResult(collection=None, csv=csv_path, videos=len(rows) + len(failures), dtype=dtype)
 
     def wanted(index: int) -> bool:
         return overwrite or not complete_npy(rows[index].output, dims)
 
     todo = [row for index, row in enumerate(rows) if wanted(index)]
-    inference = None
     if todo:  # the model is loaded only when there is work, and before any progress is shown
-        torch_device = resolve_device(device)
-        chosen_precision = resolve_precision(precision, torch_device)
+        _, torch_device, chosen_precision = _resolve_engine(None, engine, ray_address, device, precision)
         record, extractor, _ = _resolve_model(record.name, layers, weights)
-        inference = _inference(record, extractor, torch_device, chosen_precision)
     reporter = Reporter(progress)
     reporter.total("videos", result.videos)
     reporter.advance("videos", len(rows) - len(todo) + len(failures))
     result.reused = len(rows) - len(todo)
     failed_outputs: set[Path] = set()
-    if inference is not None:
+    if todo:
 
         def finish(task: int, video: VideoRows | None, reason: str | None) -> None:
             row = todo[task]
@@ -1161,13 +1328,26 @@ def features_from_csv(
 
         paths = [row.video for row in todo]
         todo_wanted = None if overwrite else (lambda index: not complete_npy(todo[index].output, dims))
-        messages = _messages(paths, spec, workers, video_timeout, todo_wanted)
-        _extract(messages, inference, spec, reporter, finish)
+        _compute(
+            paths,
+            spec,
+            record=record,
+            extractor=extractor,
+            device=torch_device,
+            precision=chosen_precision,
+            workers=workers,
+            timeout=video_timeout,
+            engine=engine,
+            ray_address=ray_address,
+            reporter=reporter,
+            finish=finish,
+            wanted=todo_wanted,
+        )
     result.up_to_date = not todo and not failures
     result.outputs = [row.output for row in rows if row.output not in failed_outputs and row.output.is_file()]
     result.shapes[layer] = (len(result.outputs), dims)
     result.failures = failures
-    failures_path = csv_failures_path(csv_path)
+    failures_path = csv_failures_path(csv_path, shard_spec)
     layout.write_failures(failures_path, failures)
     result.failures_file = failures_path if failures else None
     return result
@@ -1180,7 +1360,7 @@ def dispatch_features(
     from_video: bool,
     model: str | None,
     model_type: str | None,
-    scale_out: tuple[str | None, str],
+    scale_out: tuple[str | None, str, str | None],
     rootpath: str | os.PathLike[str] | None,
     l2_normalize: bool,
     dtype: str | None,
@@ -1194,7 +1374,7 @@ def dispatch_features(
         from_video: Decode the collection's videos.
         model: ``--model``, or None.
         model_type: ``--type``, or None.
-        scale_out: ``(shard, engine)`` of the call; frames runs only.
+        scale_out: ``(shard, engine, ray_address)`` of the call.
         rootpath: Where named collections live.
         l2_normalize: CSV runs only.
         dtype: CSV runs only.
@@ -1207,9 +1387,9 @@ def dispatch_features(
         VcfError: Options that do not fit together.
     """
     video_options = ("fps", "every", "num_frames", "clip_len", "clip_stride", "clip_fps", "video_timeout")
-    shard, engine = scale_out
-    if (csv is not None or from_video) and (shard is not None or engine != "local"):
-        raise VcfError("--shard and --engine split the frames of id.imagepath.txt; they do not apply to videos")
+    shard, engine, ray_address = scale_out
+    if csv is not None or from_video:
+        options = {**options, "shard": shard, "engine": engine, "ray_address": ray_address}
     if csv is not None:
         if collection is not None or from_video:
             raise VcfError("give a COLLECTION or --csv FILE, not both")

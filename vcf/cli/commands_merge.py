@@ -14,7 +14,7 @@ ROOTPATH_OPTION = typer.Option(
 SHARD_OPTION = typer.Option(
     None,
     "--shard",
-    help="K/N: do only shard K (from 0) of N, e.g. $SLURM_ARRAY_TASK_ID/N; then `vcf merge`.",
+    help="K/N: do only shard K (from 0) of N, e.g. $SLURM_ARRAY_TASK_ID/N; then `vcf merge` (--csv: no merge).",
 )
 ENGINE_OPTION = typer.Option("local", "--engine", help="local, or ray (a Ray cluster: pip install 'vcf[ray]').")
 RAY_ADDRESS_OPTION = typer.Option(
