@@ -373,8 +373,7 @@ def reset(template: Path, work: Path) -> None:
 def tmpfs(path: Path, size: int) -> Iterator[Callable[[int], None]]:
     """Mounts a tmpfs of ``size`` bytes on ``path``; yields a function that resizes it."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True, capture_output=True)
 
     def resize(new_size: int) -> None:
         subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True, capture_output=True)
@@ -485,7 +484,6 @@ def seeded(*parts: object) -> random.Random:
     seed = os.environ.get("VCF_FAULTS_SEED", "20240601")
     digest = hashlib.sha256(("/".join(map(str, (seed, *parts)))).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
-
 
 
 # Stages and their reference runs -------------------------------------------------------------------------

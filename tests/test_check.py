@@ -173,8 +173,11 @@ def test_leftovers_of_killed_runs(coll: Path) -> None:
     (work / "settings.json").write_text(json.dumps({"settings": {"input": {"count": 10}}}))
     (coll / ".vcf-frames.lock").write_text(f"{dead}\n")
     found = problems(coll)
-    for where in (f"ImageData/.alpha.vcf-tmp-{dead}", f"FeatureData/.{FEATURE}.vcf-tmp-{dead}",
-                  f".id.imagepath.txt.vcf-tmp-{dead}"):
+    for where in (
+        f"ImageData/.alpha.vcf-tmp-{dead}",
+        f"FeatureData/.{FEATURE}.vcf-tmp-{dead}",
+        f".id.imagepath.txt.vcf-tmp-{dead}",
+    ):
         assert any(p.startswith(where + ":") and "temporary output" in p for p in found), where
     assert any("unfinished features run (1 part(s) saved of a run over 10 inputs)" in p for p in found)
     assert any(p.startswith(".vcf-frames.lock:") and f"stale lock of process {dead}" in p for p in found)
@@ -186,8 +189,13 @@ def test_live_lock_and_temporary_output_are_notes(coll: Path) -> None:
     (coll / "ImageData" / f".alpha.vcf-tmp-{os.getpid()}").mkdir()
     lock = coll / ".vcf-frames.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, pathlib; from vcf.atomic import OutputLock; "
-         "OutputLock(pathlib.Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)", str(lock)],
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib; from vcf.atomic import OutputLock; "
+            "OutputLock(pathlib.Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)",
+            str(lock),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -162,7 +162,10 @@ def test_concat_script(tmp_path: Path) -> None:
     env = {**os.environ, "VCF": f"{sys.executable} -m vcf", "VCF_ROOTPATH": str(tmp_path)}
     done = subprocess.run(
         [str(ROOT / "scripts" / "do_concat_features.sh"), "coll", f"{A}+{B}"],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert BigFile(root / "FeatureData" / f"{A}+{B}").shape() == [2, 3]

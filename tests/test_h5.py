@@ -225,7 +225,10 @@ def test_to_h5_script(frames_collection: tuple[Path, list[str], np.ndarray], tmp
     out = tmp_path / "script.h5"
     done = subprocess.run(
         [str(ROOT / "scripts" / "do_to_h5.sh"), "coll", FRAME_FEATURE, str(out), str(tmp_path)],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     with h5py.File(out, "r") as h5:

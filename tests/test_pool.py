@@ -190,7 +190,11 @@ def test_pooling_script(tmp_path: Path) -> None:
     env = {**os.environ, "VCF": f"{sys.executable} -m vcf"}
     done = subprocess.run(
         [str(ROOT / "scripts" / "do_feature_pooling.sh"), "coll", FEATURE, str(tmp_path)],
-        env=env, capture_output=True, text=True, cwd=ROOT, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert BigFile(tmp_path / "coll" / "FeatureData" / f"mean_{FEATURE}").names == first_appearance(ids)

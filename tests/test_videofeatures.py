@@ -356,7 +356,7 @@ def test_type_alias_and_option_errors(synthetic_collection: Path, tmp_path: Path
         ({"model": TINY3D, "from_video": True, "fps": 8}, "--clip-fps"),
         ({"model": TINY3D, "from_video": True, "clip_stride": 0}, "--clip-stride"),
         ({"model": TINY3D, "from_video": True, "oversample": True}, "--oversample"),
-        ({"model": TINY2D, "from_video": True, "shard": "0/2"}, "--shard"),
+        ({"model": TINY2D, "from_video": True, "shard": "2/2"}, "--shard must be K/N"),
     ]
     for kwargs, message in cases:
         with pytest.raises(VcfError, match=message):

@@ -138,8 +138,13 @@ def concat(
         done = reusable_output(out_dir, manifest, overwrite=overwrite)
         if done is not None:
             return ConcatResult(
-                output=out_dir, feature=out_name, inputs=names, rows=done.nr_of_images, dim=done.ndims,
-                dropped=first.nr_of_images - done.nr_of_images, skipped=True,
+                output=out_dir,
+                feature=out_name,
+                inputs=names,
+                rows=done.nr_of_images,
+                dim=done.ndims,
+                dropped=first.nr_of_images - done.nr_of_images,
+                skipped=True,
             )
         rows = [source.indices(kept) for source in sources]
         step = chunk_rows(dim)

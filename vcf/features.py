@@ -74,7 +74,6 @@ def feature_name(model: str, layer: str, oversample: bool) -> str:
     return f"{model.replace('/', '_')},{layer}" + (",os" if oversample else "")
 
 
-
 def output_dirs(coll: Collection, model: str, layers: Sequence[str], oversample: bool) -> dict[str, Path]:
     """The BigFile directory of each layer (``FeatureData`` is created)."""
     coll.feature_root.mkdir(parents=True, exist_ok=True)
@@ -103,6 +102,7 @@ def pending_outputs(
         else:
             result.shapes[layer] = (existing.nr_of_images, existing.ndims)
     return pending
+
 
 def _loader_context() -> Any:
     """The fork server the loader workers start from; it imports torch and OpenCV once for all of them.

@@ -103,9 +103,7 @@ def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
 
 def _create(h5: h5py.File, name: str, shape: tuple[int, ...], dtype: Any, compression: str | None) -> h5py.Dataset:
     chunks = _chunks(shape, np.dtype(dtype).itemsize)
-    return h5.create_dataset(
-        name, shape=shape, dtype=dtype, chunks=chunks, compression=compression if chunks else None
-    )
+    return h5.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, compression=compression if chunks else None)
 
 
 @contextlib.contextmanager
@@ -295,7 +293,8 @@ def _bigfile_to_h5(
                 _require_space(h5, block.nbytes)
                 dataset = h5.create_dataset(video, data=block, chunks=chunks, compression=compression)
                 dataset.attrs["frame_index"] = np.asarray(
-                    [split_frame_id(source.names[r])[1] for r in rows], dtype=np.int64  # type: ignore[index]
+                    [split_frame_id(source.names[r])[1] for r in rows],
+                    dtype=np.int64,  # type: ignore[index]
                 )
                 reporter.advance("videos", 1, description=video)
             datasets = len(groups)

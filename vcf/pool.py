@@ -199,8 +199,12 @@ def pool(
         done = reusable_output(out_dir, manifest, overwrite=overwrite)
         if done is not None:
             return PoolResult(
-                output=out_dir, feature=out_name, videos=done.nr_of_images, frames=source.nr_of_images,
-                dim=done.ndims, skipped=True,
+                output=out_dir,
+                feature=out_name,
+                videos=done.nr_of_images,
+                frames=source.nr_of_images,
+                dim=done.ndims,
+                skipped=True,
             )
 
         groups = group_frames(source)
@@ -218,9 +222,10 @@ def pool(
         reporter.total("videos", len(order))
         # Rows are read in blocks so that a video with very many frames still needs bounded memory for max.
         block_rows = chunk_rows(source.ndims)
-        with RowReader(source) as matrix, BigFileWriter(
-            out_dir, source.ndims, overwrite=overwrite, manifest=manifest
-        ) as writer:
+        with (
+            RowReader(source) as matrix,
+            BigFileWriter(out_dir, source.ndims, overwrite=overwrite, manifest=manifest) as writer,
+        ):
             batch_ids: list[str] = []
             batch_rows: list[np.ndarray] = []
             for video in order:
@@ -239,8 +244,13 @@ def pool(
                 writer.append(batch_ids, np.stack(batch_rows))
                 reporter.advance("videos", len(batch_ids))
     return PoolResult(
-        output=out_dir, feature=out_name, videos=len(order), frames=source.nr_of_images, dim=source.ndims,
-        missing_videos=missing, unlisted_videos=unlisted,
+        output=out_dir,
+        feature=out_name,
+        videos=len(order),
+        frames=source.nr_of_images,
+        dim=source.ndims,
+        missing_videos=missing,
+        unlisted_videos=unlisted,
     )
 
 

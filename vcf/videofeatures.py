@@ -658,57 +658,59 @@ def _resolve_engine(
     return spec, torch_device, resolve_precision(precision, torch_device)
 
 
-def _compute(
-    paths: Sequence[Path],
-    spec: DecodeSpec,
-    *,
-    record: Any,
-    extractor: Any,
-    device: torch.device,
-    precision: str,
-    workers: int | None,
-    timeout: float | None,
-    engine: str,
-    ray_address: str | None,
-    reporter: Reporter,
-    finish: Callable[[int, VideoRows | None, str | None], None],
-    wanted: Callable[[int], bool] | None = None,
-) -> int:
-    """Decodes and computes ``paths`` with the chosen engine; ``finish`` as for :func:`_extract`.
+@dataclass(frozen=True)
+class _Runner:
+    """Where and how a video or CSV run computes: the model, its device and precision, the engine."""
 
-    Returns:
-        The number of items computed.
-    """
-    if engine != "ray":
-        inference = _inference(record, extractor, device, precision)
-        return _extract(_messages(paths, spec, workers, timeout, wanted), inference, spec, reporter, finish)
-    from vcf.ray_engine import video_rows
+    record: Any
+    extractor: Any
+    device: torch.device
+    precision: str
+    workers: int | None
+    timeout: float | None
+    engine: str
+    ray_address: str | None
 
-    computed = 0
-    item_task = "clips" if spec.clips is not None else "frames"
+    def run(
+        self,
+        paths: Sequence[Path],
+        spec: DecodeSpec,
+        reporter: Reporter,
+        finish: Callable[[int, VideoRows | None, str | None], None],
+        wanted: Callable[[int], bool] | None = None,
+    ) -> int:
+        """Decodes and computes ``paths``; ``finish`` as for :func:`_extract`. Returns the items computed."""
+        if self.engine != "ray":
+            inference = _inference(self.record, self.extractor, self.device, self.precision)
+            messages = _messages(paths, spec, self.workers, self.timeout, wanted)
+            return _extract(messages, inference, spec, reporter, finish)
+        from vcf.ray_engine import video_rows
 
-    def on_items(count: int) -> None:
-        nonlocal computed
-        computed += count
-        reporter.advance(item_task, count)
+        computed = 0
+        item_task = "clips" if spec.clips is not None else "frames"
 
-    pre = record.preprocess
-    for task, rows, reason in video_rows(
-        paths,
-        spec,
-        extractor=extractor,
-        normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
-        device=device,
-        precision=precision,
-        channels_last=record.kind == "2d",
-        timeout=timeout,
-        workers=workers,
-        address=ray_address,
-        wanted=wanted,
-        on_items=on_items,
-    ):
-        finish(task, rows, reason)
-    return computed
+        def on_items(count: int) -> None:
+            nonlocal computed
+            computed += count
+            reporter.advance(item_task, count)
+
+        pre = self.record.preprocess
+        for task, rows, reason in video_rows(
+            paths,
+            spec,
+            extractor=self.extractor,
+            normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
+            device=self.device,
+            precision=self.precision,
+            channels_last=self.record.kind == "2d",
+            timeout=self.timeout,
+            workers=self.workers,
+            address=self.ray_address,
+            wanted=wanted,
+            on_items=on_items,
+        ):
+            finish(task, rows, reason)
+        return computed
 
 
 # ------------------------------------------------------------------------------------- collection mode
@@ -1000,20 +1002,8 @@ def features_from_videos(
             store.add(todo[task], rows, reason)
             reporter.advance("videos", 1, description=todo[task])
 
-        result.computed = _compute(
-            [videos[v] for v in todo],
-            spec,
-            record=record,
-            extractor=extractor,
-            device=torch_device,
-            precision=chosen_precision,
-            workers=workers,
-            timeout=video_timeout,
-            engine=engine,
-            ray_address=ray_address,
-            reporter=reporter,
-            finish=finish,
-        )
+        runner = _Runner(record, extractor, torch_device, chosen_precision, workers, video_timeout, engine, ray_address)
+        result.computed = runner.run([videos[v] for v in todo], spec, reporter, finish)
         store.flush()
 
         failures = sorted([*failures, *store.failed.items()])
@@ -1328,21 +1318,8 @@ def features_from_csv(
 
         paths = [row.video for row in todo]
         todo_wanted = None if overwrite else (lambda index: not complete_npy(todo[index].output, dims))
-        _compute(
-            paths,
-            spec,
-            record=record,
-            extractor=extractor,
-            device=torch_device,
-            precision=chosen_precision,
-            workers=workers,
-            timeout=video_timeout,
-            engine=engine,
-            ray_address=ray_address,
-            reporter=reporter,
-            finish=finish,
-            wanted=todo_wanted,
-        )
+        runner = _Runner(record, extractor, torch_device, chosen_precision, workers, video_timeout, engine, ray_address)
+        runner.run(paths, spec, reporter, finish, todo_wanted)
     result.up_to_date = not todo and not failures
     result.outputs = [row.output for row in rows if row.output not in failed_outputs and row.output.is_file()]
     result.shapes[layer] = (len(result.outputs), dims)

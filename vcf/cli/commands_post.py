@@ -79,7 +79,12 @@ def concat_command(
     from vcf.concat import concat
 
     result = run_stage(
-        concat, quiet, collection=collection, features=features, intersect=intersect, rootpath=rootpath,
+        concat,
+        quiet,
+        collection=collection,
+        features=features,
+        intersect=intersect,
+        rootpath=rootpath,
         overwrite=overwrite,
     )
     state = "up to date" if result.skipped else "wrote"
