@@ -59,6 +59,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sets", default="native,720p", help="frame sets to run: native, 720p (comma-separated)")
     parser.add_argument("--no-video", action="store_true", help="skip the --from-video mode even when available")
     parser.add_argument("--no-fast-decode", action="store_true", help="skip the --fast-decode run")
+    parser.add_argument(
+        "--device-decode",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also run --decode-on-device over the 720p JPEGs (auto: on a CUDA device)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run everything N times, keep each best (noisy machines)")
     return parser.parse_args()
 
@@ -308,6 +314,10 @@ def main() -> None:
         pure = Timing("pure model (Inference on in-memory uint8 batches)", len(first))
         jpeg = {name: Timing(f"vcf features, JPEG {name}", len(frame_sets[name])) for name in sets}
         fast_run = Timing("vcf features --fast-decode, JPEG 720p", len(frame_sets.get("720p", [])))
+        on_device = "720p" in sets and (
+            args.device_decode == "on" or (args.device_decode == "auto" and torch_device.type == "cuda")
+        )
+        device_run = Timing("vcf features --decode-on-device, JPEG 720p", len(frame_sets.get("720p", [])))
         video_run = Timing(f"vcf features --from-video --every {every}", 0)
         outputs: dict[str, np.ndarray] = {}
         for repeat in range(args.repeat):
@@ -324,6 +334,11 @@ def main() -> None:
                     elapsed, progress, out_dir = run_library(collections["720p"], args, weights, fast_decode=True)
                 fast_run.add(elapsed, progress, load)
                 outputs["fast"] = BigFile(out_dir).read_array([i for i, _ in frame_sets["720p"]])
+            if on_device:
+                with common.BackgroundLoad() as load:
+                    elapsed, progress, out_dir = run_library(collections["720p"], args, weights, decode_on_device=True)
+                device_run.add(elapsed, progress, load)
+                outputs["device"] = BigFile(out_dir).read_array([i for i, _ in frame_sets["720p"]])
             if video:
                 with common.BackgroundLoad() as load:
                     elapsed, progress, out_dir = run_library(
@@ -334,7 +349,8 @@ def main() -> None:
             if args.repeat > 1:
                 print(f"  repeat {repeat + 1}/{args.repeat} done")
 
-        timings = [pure, *jpeg.values()] + ([fast_run] if fast else []) + ([video_run] if video else [])
+        timings = [pure, *jpeg.values()] + ([fast_run] if fast else []) + ([device_run] if on_device else [])
+        timings += [video_run] if video else []
         rows = [[t.label, t.images, t.rate, t.steady, t.first_batch, t.rate / pure.rate, t.load] for t in timings]
         rows[0][3] = rows[0][4] = ""
         print()
@@ -372,6 +388,12 @@ def main() -> None:
             cos = cosine(outputs["fast"], outputs["720p"])
             print(
                 f"--fast-decode vs exact decoding, JPEG 720p: cosine mean {cos.mean():.5f}, min {cos.min():.5f}{caveat}"
+            )
+        if on_device:
+            cos = cosine(outputs["device"], outputs["720p"])
+            print(
+                f"--decode-on-device vs OpenCV decoding, JPEG 720p: cosine mean {cos.mean():.5f}, "
+                f"min {cos.min():.5f}{caveat}"
             )
         rows_compared = len(pure_out[args.layer])
         same = cosine(outputs[sets[0]][:rows_compared], pure_out[args.layer]).min()

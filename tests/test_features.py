@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,37 @@ def test_cli_features(framed_reference: Path) -> None:
     result = runner.invoke(app, ["features", str(framed_reference), "--model", "nope", "--quiet"])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert "Example:" in runner.invoke(app, ["features", "--help"]).output
+
+
+def test_faster_decoders_stay_close_and_are_recorded(framed_reference: Path) -> None:
+    """--fast-decode and --decode-on-device (here on the CPU) against exact decoding, with real weights."""
+    root = framed_reference
+    options = {"model": "efficientnet_lite0", "layers": ["avgpool"], "precision": "fp32", "batch_size": 4}
+    exact = BigFile(features(root, workers=0, **options).feature_dirs["avgpool"]).matrix()
+    for flag, decoder in (("fast_decode", "opencv-reduced-dct"), ("decode_on_device", "torchvision-libjpeg")):
+        result = features(root, workers=2, overwrite=True, **{flag: True}, **options)
+        directory = result.feature_dirs["avgpool"]
+        assert cosine_rows(BigFile(directory).matrix(), exact).min() >= 0.99, flag
+        manifest = json.loads((directory / "manifest.json").read_text())
+        assert manifest["preprocessing"]["decoder"] == decoder
+    with pytest.raises(VcfError, match="applies to JPEG frames"):
+        features(root, from_video=True, decode_on_device=True, **options)
+
+
+def test_decode_on_device_isolates_bad_images_in_a_batch(framed_reference: Path) -> None:
+    root = framed_reference
+    paths = image_paths(root)
+    exact = BigFile(features(root, model=TINY, precision="fp32", workers=0).feature_dirs["avgpool"]).matrix()
+    paths[1].write_bytes(b"")
+    paths[2].write_bytes(b"\xff\xd8 this is not a jpeg")
+    cv2.imwrite(str(paths[3].with_suffix(".png")), cv2.imread(str(paths[3])))
+    paths[3].with_suffix(".png").rename(paths[3])  # a PNG under a .jpg name: decoded by the loader instead
+    options = {"model": TINY, "precision": "fp32", "batch_size": 4, "overwrite": True}
+    result = features(root, workers=2, decode_on_device=True, **options)
+    reasons = dict(result.failures)
+    assert set(reasons) == {"shot00001_1_12", "shot00001_1_25"}
+    assert "empty" in reasons["shot00001_1_12"] and "corrupt JPEG" in reasons["shot00001_1_25"]
+    big = BigFile(result.feature_dirs["avgpool"])
+    assert big.nr_of_images == 9
+    kept = [n for n in range(len(paths)) if n not in (1, 2)]
+    assert cosine_rows(big.matrix(), exact[kept]).min() >= 0.999

@@ -168,11 +168,16 @@ class ImageDataset(Dataset):
 
 @dataclass
 class Batch:
-    """Preprocessed images of one batch and the indices that failed."""
+    """Preprocessed images of one batch and the indices that failed.
+
+    With on-device decoding, ``pixels`` is None and ``items`` holds each good image as its encoded
+    JPEG or its crops (see :meth:`vcf.preprocess.FrameTransform.decode_batch`).
+    """
 
     indices: list[int]
     pixels: torch.Tensor | None
     failed: list[tuple[int, str]]
+    items: list[torch.Tensor] | None = None
 
     def pin_memory(self) -> Batch:
         if self.pixels is not None:
@@ -182,11 +187,26 @@ class Batch:
 
 def collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
     good = [(i, t) for i, t, _ in samples if t is not None]
-    return Batch(
-        indices=[i for i, _ in good],
-        pixels=torch.cat([t for _, t in good]) if good else None,
-        failed=[(i, reason) for i, t, reason in samples if t is None and reason is not None],
-    )
+    failed = [(i, reason) for i, t, reason in samples if t is None and reason is not None]
+    if any(t.dim() == 1 for _, t in good):  # encoded JPEGs, decoded on the device in one call per batch
+        return Batch([i for i, _ in good], None, failed, items=[t for _, t in good])
+    return Batch([i for i, _ in good], torch.cat([t for _, t in good]) if good else None, failed)
+
+
+def compute_batch(
+    batch: Batch, inference: Inference, transform: FrameTransform
+) -> tuple[list[int], dict[str, np.ndarray] | None, list[tuple[int, str]]]:
+    """Runs one loader batch: ``(indices computed, {layer: rows} or None, (index, reason) of failures)``."""
+    indices, pixels, failed = batch.indices, batch.pixels, list(batch.failed)
+    if batch.items is not None:
+        pixels, bad = transform.decode_batch(batch.items)
+        if bad:
+            positions = {n for n, _ in bad}
+            failed += [(indices[n], reason) for n, reason in bad]
+            indices = [index for n, index in enumerate(indices) if n not in positions]
+    if pixels is None:
+        return indices, None, failed
+    return indices, inference(pixels, transform.views), failed
 
 
 def _resolve_model(model: str, layers: Sequence[str], weights: str | os.PathLike[str] | None) -> tuple[Any, Any, Any]:
@@ -230,6 +250,7 @@ def features(
     dtype: str | None = None,
     video_timeout: float | None = None,
     fast_decode: bool = False,
+    decode_on_device: bool = False,
 ) -> FeaturesResult:
     """Computes CNN features of the frames listed in ``id.imagepath.txt``, or straight from videos.
 
@@ -273,6 +294,10 @@ def features(
         video_timeout: Videos: seconds a decoder may go without output before its video fails.
         fast_decode: Frames: decode JPEGs much larger than the model input at 1/2, 1/4 or 1/8 size
             (reduced-size DCT decoding; faster, slightly different features, recorded in the manifest).
+        decode_on_device: Frames, local engine: decode JPEGs with torchvision on the model's device
+            (nvJPEG, batched, on CUDA), and resize and crop there; the loader workers only read files.
+            Faster on GPUs; another decoder and float resizing give slightly different features
+            (recorded in the manifest).
 
     Returns:
         A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
@@ -287,8 +312,11 @@ def features(
     """
     from vcf.videofeatures import dispatch_features
 
-    if fast_decode and (from_video or csv is not None):
-        raise VcfError("--fast-decode applies to JPEG frames, not to --from-video or --csv")
+    if (fast_decode or decode_on_device) and (from_video or csv is not None):
+        flag = "--fast-decode" if fast_decode else "--decode-on-device"
+        raise VcfError(f"{flag} applies to JPEG frames, not to --from-video or --csv")
+    if decode_on_device and (fast_decode or engine != "local"):
+        raise VcfError("--decode-on-device works with the local engine and without --fast-decode")
 
     # Video and CSV runs go to vcf.videofeatures; a frames run gets its model name and checked options back.
     dispatched, model = dispatch_features(
@@ -340,7 +368,14 @@ def features(
         _start_loader_server(workers, torch_device)
     record, extractor, weights_info = _resolve_model(model, layers, weights)
     pre = record.preprocess
-    transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, oversample, fast_decode=fast_decode)
+    transform = FrameTransform(
+        pre.resize,
+        pre.crop,
+        pre.interpolation,
+        oversample,
+        fast_decode=fast_decode,
+        decode_device=str(torch_device) if decode_on_device else None,
+    )
     settings = {
         "model": record.name,
         "weights": {"source": weights_info.source, "sha256": weights_info.sha256},
@@ -411,7 +446,7 @@ def features(
         reporter.total("images", len(items))
         result.reused = run.done_count()
         reporter.advance("images", result.reused)
-        result.computed = _run_chunks(run, dataset, ids, inference, transform.views, batch_size, workers, reporter)
+        result.computed = _run_chunks(run, dataset, ids, inference, transform, batch_size, workers, reporter)
 
         failures = run.failures(ids)
         for layer, manifest in pending.items():
@@ -451,7 +486,7 @@ def _run_chunks(
     dataset: Dataset,
     ids: Sequence[str],
     inference: Inference,
-    views: int,
+    transform: FrameTransform,
     batch_size: int,
     workers: int | None,
     reporter: Reporter,
@@ -480,13 +515,14 @@ def _run_chunks(
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending_write: Future[None] | None = None
         for batch in loader:
-            if batch.pixels is not None:
-                buffer.add(batch.indices, inference(batch.pixels, views))
-            buffer.failed.extend(batch.failed)
-            size = len(batch.indices) + len(batch.failed)
+            indices, outputs, failed = compute_batch(batch, inference, transform)
+            if outputs is not None:
+                buffer.add(indices, outputs)
+            buffer.failed.extend(failed)
+            size = len(indices) + len(failed)
             computed += size
             reporter.advance("images", size)
-            last = batch.indices + [i for i, _ in batch.failed]
+            last = indices + [i for i, _ in failed]
             chunk = max(last) // run.chunk_size
             if max(last) + 1 == run.chunks[chunk].stop:
                 if pending_write is not None:

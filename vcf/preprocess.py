@@ -50,6 +50,28 @@ def _jpeg_reduction(data: np.ndarray, min_side: int) -> int:
     return cv2.IMREAD_COLOR
 
 
+def read_bytes(path: str | os.PathLike[str]) -> np.ndarray:
+    """The bytes of an image file as a 1-D uint8 array.
+
+    Raises:
+        ImageError: Missing, unreadable or empty file.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageError("image file not found") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image: {exc.strerror}") from None
+    if data.size == 0:
+        raise ImageError("empty image file (0 bytes)")
+    return data
+
+
+def is_jpeg(data: np.ndarray) -> bool:
+    """True when ``data`` starts with the JPEG start-of-image marker."""
+    return data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8
+
+
 def read_rgb(path: str | os.PathLike[str], min_side: int = 0) -> np.ndarray:
     """Reads an image file as an RGB uint8 array (H, W, 3).
 
@@ -62,14 +84,7 @@ def read_rgb(path: str | os.PathLike[str], min_side: int = 0) -> np.ndarray:
     Raises:
         ImageError: Missing, unreadable, empty or undecodable file.
     """
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise ImageError("image file not found") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read image: {exc.strerror}") from None
-    if data.size == 0:
-        raise ImageError("empty image file (0 bytes)")
+    data = read_bytes(path)
     image = cv2.imdecode(data, _jpeg_reduction(data, min_side))
     if image is None:
         raise ImageError("cannot decode image (corrupt or not an image)")
@@ -90,6 +105,9 @@ class FrameTransform:
         oversample: Produce the ten crops instead of one.
         fast_decode: Let :meth:`read` decode JPEGs at a reduced size (see :func:`read_rgb`) that still
             covers ``resize``: faster for frames much larger than the model input, slightly different pixels.
+        decode_device: Leave JPEGs encoded in :meth:`read` (other images are decoded as usual) for
+            :meth:`decode_batch` to decode, resize and crop on this device: nvJPEG, batched, on CUDA;
+            libjpeg-turbo on the CPU. Slightly different pixels (another decoder, float resizing).
     """
 
     def __init__(
@@ -99,12 +117,14 @@ class FrameTransform:
         interpolation: str = "bilinear",
         oversample: bool = False,
         fast_decode: bool = False,
+        decode_device: str | None = None,
     ) -> None:
         self.resize = OVERSAMPLE_RESIZE if oversample else resize
         self.crop = OVERSAMPLE_CROP if oversample else crop
         self.interpolation = _INTERPOLATION[interpolation]
         self.oversample = oversample
         self.fast_decode = fast_decode
+        self.decode_device = decode_device
 
     @property
     def views(self) -> int:
@@ -119,8 +139,13 @@ class FrameTransform:
             "interpolation": self.interpolation.value,
             "antialias": True,
             "ten_crop": self.oversample,
-            "decoder": "opencv-reduced-dct" if self.fast_decode else "opencv",
+            "decoder": self._decoder_name(),
         }
+
+    def _decoder_name(self) -> str:
+        if self.decode_device is not None:
+            return "torchvision-nvjpeg" if torch.device(self.decode_device).type == "cuda" else "torchvision-libjpeg"
+        return "opencv-reduced-dct" if self.fast_decode else "opencv"
 
     def read(self, path: str | os.PathLike[str]) -> np.ndarray:
         """Reads an image for this transform: a full decode, or a reduced one with ``fast_decode``.
@@ -128,12 +153,17 @@ class FrameTransform:
         Raises:
             ImageError: See :func:`read_rgb`.
         """
+        if self.decode_device is not None:
+            data = read_bytes(path)
+            return data if is_jpeg(data) else read_rgb(path)
         if not self.fast_decode:
             return read_rgb(path)
         return read_rgb(path, self.resize if isinstance(self.resize, int) else min(self.resize))
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 RGB to (views, 3, crop, crop) uint8."""
+        """(H, W, 3) uint8 RGB to (views, 3, crop, crop) uint8; an encoded JPEG (1-D) passes through unchanged."""
+        if rgb.ndim == 1:
+            return torch.from_numpy(rgb)
         if self.interpolation == tvf.InterpolationMode.BILINEAR:
             # torchvision's uint8 antialiased bilinear kernel follows PIL's and is several times faster.
             image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
@@ -141,14 +171,68 @@ class FrameTransform:
         else:
             # Its bicubic kernel rounds differently from PIL's, which the published models were evaluated with.
             image = torch.from_numpy(np.array(self._pil_resize(rgb))).permute(2, 0, 1)
+        return self._crops(image)
+
+    def _crops(self, image: torch.Tensor) -> torch.Tensor:
         if not self.oversample:
             return tvf.center_crop(image, [self.crop, self.crop]).unsqueeze(0).contiguous()
         crops = tvf.ten_crop(image, [self.crop, self.crop])
         return torch.stack(crops).contiguous()
 
+    def decode_batch(self, items: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, list[tuple[int, str]]]:
+        """Decodes, resizes and crops a batch on ``decode_device``.
+
+        Args:
+            items: Per image, its encoded JPEG (1-D uint8) or its crops already made (4-D, see ``__call__``).
+
+        Returns:
+            ``(crops of the good images in order, (views * good, 3, crop, crop) uint8 on the device, or None;
+            (position in items, reason) of the JPEGs that could not be decoded)``.
+        """
+        device = torch.device(self.decode_device or "cpu")
+        encoded = [n for n, item in enumerate(items) if item.dim() == 1]
+        decoded: dict[int, torch.Tensor] = {}
+        failed: list[tuple[int, str]] = []
+        if encoded:
+            decoded, failed = _decode_jpegs({n: items[n] for n in encoded}, device)
+        crops = []
+        for n, item in enumerate(items):
+            if item.dim() == 1:
+                if n in decoded:
+                    image = tvf.resize(decoded[n], [self.resize], interpolation=self.interpolation, antialias=True)
+                    crops.append(self._crops(image))
+            else:
+                crops.append(item.to(device, non_blocking=True))
+        return (torch.cat(crops) if crops else None), failed
+
     def _pil_resize(self, rgb: np.ndarray) -> Image.Image:
         height, width = _shorter_side_size(rgb.shape[0], rgb.shape[1], self.resize)
         return Image.fromarray(rgb).resize((width, height), _PIL_FILTERS[self.interpolation])
+
+
+def _decode_jpegs(
+    encoded: dict[int, torch.Tensor], device: torch.device
+) -> tuple[dict[int, torch.Tensor], list[tuple[int, str]]]:
+    """Decodes JPEGs to RGB (3, H, W) uint8 on ``device``; returns them by key, and (key, reason) of bad ones."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    decoded: dict[int, torch.Tensor] = {}
+    failed: list[tuple[int, str]] = []
+    with warnings.catch_warnings():  # torchvision 0.29 warns on every call that TorchCodec will take over
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:  # one call decodes the whole batch (nvJPEG's batched decoder on CUDA)
+            images = decode_jpeg(list(encoded.values()), mode=ImageReadMode.RGB, device=device)
+            return dict(zip(encoded, images, strict=True)), failed
+        except RuntimeError:  # one bad file fails the call: decode one by one to find it
+            pass
+        for key, data in encoded.items():
+            try:
+                decoded[key] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as exc:
+                failed.append((key, f"cannot decode image (corrupt JPEG): {' '.join(str(exc).split())[:80]}"))
+    return decoded, failed
 
 
 def _shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:

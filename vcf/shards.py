@@ -557,10 +557,8 @@ def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple
         persistent_workers=False,
         multiprocessing_context=stage._loader_context() if workers > 0 else None,  # as the local engine's
     )
-    views = job.transform.views
     for position, batch in enumerate(loader):
-        outputs = inference(batch.pixels, views) if batch.pixels is not None else None
-        yield position, (batch.indices, outputs, batch.failed)
+        yield position, stage.compute_batch(batch, inference, job.transform)
 
 
 def _save_chunks(

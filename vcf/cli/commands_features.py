@@ -35,6 +35,12 @@ def features_command(
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
     weights: Path = typer.Option(None, "--weights", help="Local state_dict or checkpoint to load."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs made with other settings."),
+    fast_decode: bool = typer.Option(
+        False, "--fast-decode", help="Decode large JPEGs at 1/2-1/8 size in the DCT: faster, near-equal features."
+    ),
+    decode_on_device: bool = typer.Option(
+        False, "--decode-on-device", help="Decode JPEGs and resize on the model's device (nvJPEG on CUDA)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
     rootpath: Path = ROOTPATH_OPTION,
     shard: str = SHARD_OPTION,
@@ -91,6 +97,7 @@ def features_command(
     Example:
         vcf features toydata --model efficientnet_lite0 --layer avgpool --layer fc
         vcf features ~/VisualSearch/tgif --model resnext101_32x48d_wsl --oversample --device cuda
+        vcf features tgif --model resnet50 --device cuda --precision bf16 --decode-on-device
         vcf features tgif --shard $SLURM_ARRAY_TASK_ID/8   (then: vcf merge tgif)
         vcf features tgif --engine ray --ray-address head-node:6379
         vcf features toydata --from-video --model efficientnet_lite0 --fps 1
@@ -129,6 +136,8 @@ def features_command(
         l2_normalize=l2_normalize,
         dtype=dtype,
         video_timeout=video_timeout,
+        fast_decode=fast_decode,
+        decode_on_device=decode_on_device,
     )
     if csv is not None:
         if not quiet:
