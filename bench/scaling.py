@@ -69,13 +69,12 @@ class Timed:
 
 
 def outputs(root: Path) -> dict[str, bytes]:
-    """Every file the stages write, by path, for the byte comparison (the collection's own path masked)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if path.is_file() and relative.parts[0] != "VideoData":
-            found[str(relative)] = path.read_bytes().replace(str(root).encode(), b"<collection>")
-    return found
+    """Every file the stages wrote, by path, for the byte comparison (lock files hold a pid: left out)."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).parts[0] != "VideoData" and path.suffix != ".lock"
+    }
 
 
 def main() -> None:
@@ -91,13 +90,12 @@ def main() -> None:
         print(f"local Ray cluster of {args.cpus} CPUs started in {time.perf_counter() - start:.1f} s (not counted)")
         print(f"{len(sources)} videos x {args.copies} copies, every {args.every}-th frame, {args.model} fp32")
 
-        def collection(name: str) -> Path:
-            root = work / name
-            (root / "VideoData").mkdir(parents=True)
-            for copy in range(args.copies):
-                for video in sources:
-                    os.symlink(video, root / "VideoData" / f"{video.stem}_c{copy}{video.suffix}")
-            return root
+        # One collection: each engine in turn redoes the stage's outputs, which must come out the same bytes.
+        root = work / "scaling"
+        (root / "VideoData").mkdir(parents=True)
+        for copy in range(args.copies):
+            for video in sources:
+                os.symlink(video, root / "VideoData" / f"{video.stem}_c{copy}{video.suffix}")
 
         stages: list[tuple[str, str, Callable[[Path, str, Timed], int]]] = [
             (
@@ -120,14 +118,14 @@ def main() -> None:
                 ),
             ),
         ]
-        roots = {engine: collection(engine) for engine in ("local", "ray")}
         rows = []
         ratios = []
         for label, task, run in stages:
             per_call: dict[str, list[float]] = {"local": [], "ray": []}
             steady: dict[str, list[float]] = {"local": [], "ray": []}
+            written: dict[str, dict[str, bytes]] = {}
             for _ in range(args.repeat):
-                for engine, root in roots.items():
+                for engine in ("local", "ray"):
                     if task != "frames" or "from-video" in label:
                         shutil.rmtree(root / "FeatureData", ignore_errors=True)
                         (root / "features.failures.txt").unlink(missing_ok=True)
@@ -136,7 +134,12 @@ def main() -> None:
                     items = run(root, engine, timed)
                     per_call[engine].append(items / (time.perf_counter() - began))
                     steady[engine].append(timed.steady())
-            same = outputs(roots["local"]) == outputs(roots["ray"])
+                    written[engine] = outputs(root)
+            local_files, ray_files = written["local"], written["ray"]
+            differ = sorted(k for k in local_files.keys() | ray_files.keys() if local_files.get(k) != ray_files.get(k))
+            same = not differ
+            if differ:
+                print(f"  {label}: {len(differ)} file(s) differ between the engines, e.g. {differ[:3]}")
             local, remote = statistics.median(per_call["local"]), statistics.median(per_call["ray"])
             local_steady, remote_steady = statistics.median(steady["local"]), statistics.median(steady["ray"])
             ratios.append(remote / local)

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,29 @@ def descendants(title: str) -> list[int]:
     return found
 
 
+@contextmanager
+def killing_one(title: str) -> Iterator[list[int]]:
+    """SIGKILLs the first worker of this test titled ``ray::<title>`` seen while the block runs; yields its pid."""
+    killed: list[int] = []
+    finished = threading.Event()
+
+    def kill_one() -> None:
+        while not finished.is_set() and not killed:
+            for pid in descendants(title):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        finished.set()
+        killer.join()
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """A local Ray cluster of 2 CPUs started by this process, used by the engine (it keeps a caller's connection)."""
@@ -91,25 +115,9 @@ def test_ray_frames_equal_local_despite_a_killed_decoder(local_ray: None, collec
         (collection / name).unlink()
     shutil.rmtree(collection / "ImageData")
 
-    killed: list[int] = []
-    finished = threading.Event()
-
-    def kill_one_decoder() -> None:
-        while not finished.is_set() and not killed:
-            for pid in descendants("_extract_video"):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                break
-            time.sleep(0.002)
-
-    killer = threading.Thread(target=kill_one_decoder)
-    killer.start()
     events: list[ProgressEvent] = []
-    try:
+    with killing_one("_extract_video") as killed:
         result = frames(collection, engine="ray", every=1, progress=events.append)
-    finally:
-        finished.set()
-        killer.join()
     assert killed, "no decoder was seen at work"
     assert [item for item, _ in result.failures] == ["empty"] and result.extracted == 7
     assert files(collection, INDEX_FILES) == reference and frame_files(collection) == reference_frames
@@ -150,25 +158,9 @@ def test_ray_from_video_equals_local_despite_a_killed_decoder(local_ray: None, c
     shutil.rmtree(collection / "FeatureData")
     (collection / "features.failures.txt").unlink()
 
-    killed: list[int] = []
-    finished = threading.Event()
-
-    def kill_one_decoder() -> None:
-        while not finished.is_set() and not killed:
-            for pid in descendants("_decode_batches"):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                break
-            time.sleep(0.002)
-
-    killer = threading.Thread(target=kill_one_decoder)
-    killer.start()
     events: list[ProgressEvent] = []
-    try:
+    with killing_one("_decode_batches") as killed:
         result = features(collection, from_video=True, engine="ray", progress=events.append, **options)
-    finally:
-        finished.set()
-        killer.join()
     assert killed, "no decoder was seen at work"
     assert [item for item, _ in result.failures] == ["empty"]
     assert result.computed == single.computed == sum(e.advance for e in events if e.task == "frames")
