@@ -219,3 +219,17 @@ def test_decode_on_device_isolates_bad_images_in_a_batch(framed_reference: Path)
     assert big.nr_of_images == 9
     kept = [n for n in range(len(paths)) if n not in (1, 2)]
     assert cosine_rows(big.matrix(), exact[kept]).min() >= 0.999
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_model_gives_the_same_features(framed_reference: Path) -> None:
+    root = framed_reference
+    options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 4, "workers": 0}
+    eager_dir = features(root, **options).feature_dirs["avgpool"]
+    eager = BigFile(eager_dir).matrix()
+    assert "compiled" not in json.loads((eager_dir / "manifest.json").read_text())
+    compiled_dir = features(root, overwrite=True, compile_model=True, **options).feature_dirs["avgpool"]
+    assert cosine_rows(BigFile(compiled_dir).matrix(), eager).min() >= 0.99999
+    assert json.loads((compiled_dir / "manifest.json").read_text())["compiled"] == "torch.compile"
+    with pytest.raises(VcfError, match="--compile applies to JPEG frames"):
+        features(root, from_video=True, compile_model=True, model=TINY)

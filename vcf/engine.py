@@ -79,6 +79,8 @@ class Inference:
         device: Where to run.
         precision: ``fp32``, ``bf16`` or ``fp16`` (resolved, not ``auto``).
         channels_last: Use the channels-last memory format (faster convolutions on CPU and GPU).
+        compile_model: Run the model through ``torch.compile`` (compiled on the first batch of each
+            shape; fused kernels give slightly different values, so the manifest records it).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Inference:
         device: torch.device,
         precision: str,
         channels_last: bool = True,
+        compile_model: bool = False,
     ) -> None:
         self.device = device
         self.precision = precision
@@ -96,6 +99,8 @@ class Inference:
         self.model = extractor.eval().to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if compile_model:
+            self.model = torch.compile(self.model)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.precision == "fp32":

@@ -251,6 +251,7 @@ def features(
     video_timeout: float | None = None,
     fast_decode: bool = False,
     decode_on_device: bool = False,
+    compile_model: bool = False,
 ) -> FeaturesResult:
     """Computes CNN features of the frames listed in ``id.imagepath.txt``, or straight from videos.
 
@@ -298,6 +299,8 @@ def features(
             (nvJPEG, batched, on CUDA), and resize and crop there; the loader workers only read files.
             Faster on GPUs; another decoder and float resizing give slightly different features
             (recorded in the manifest).
+        compile_model: Frames, local engine: run the model through ``torch.compile`` (a one-time
+            compilation per batch shape, then faster kernels, mostly on GPUs; recorded in the manifest).
 
     Returns:
         A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
@@ -317,6 +320,8 @@ def features(
         raise VcfError(f"{flag} applies to JPEG frames, not to --from-video or --csv")
     if decode_on_device and (fast_decode or engine != "local"):
         raise VcfError("--decode-on-device works with the local engine and without --fast-decode")
+    if compile_model and (from_video or csv is not None or engine != "local"):
+        raise VcfError("--compile applies to JPEG frames with the local engine")
 
     # Video and CSV runs go to vcf.videofeatures; a frames run gets its model name and checked options back.
     dispatched, model = dispatch_features(
@@ -393,6 +398,8 @@ def features(
             "count": len(items),
         },
     }
+    if compile_model:  # absent otherwise, so that manifests of earlier runs still match
+        settings["compiled"] = "torch.compile"
     result = FeaturesResult(collection=coll.root)
     outputs = output_dirs(coll, record.name, layers, oversample)
     result.feature_dirs = dict(outputs)
@@ -424,6 +431,7 @@ def features(
                 workers=workers,
                 overwrite=overwrite,
                 result=result,
+                extra={"compile_model": compile_model},
             )
             return run_features_job(job, shard=shard_spec, engine=engine, ray_address=ray_address, progress=progress)
 
@@ -439,6 +447,7 @@ def features(
             Normalization(tuple(pre.mean), tuple(pre.std)),
             torch_device,
             chosen_precision,
+            compile_model=compile_model,
         )
         dataset = ImageDataset([path for _, path in items], transform)
         ids = [frame_id for frame_id, _ in items]

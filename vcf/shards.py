@@ -544,7 +544,8 @@ def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple
 
     if not batches:
         return
-    inference = Inference(job.extractor, job.normalization, job.device, job.precision)
+    compile_model = bool(job.extra.get("compile_model"))
+    inference = Inference(job.extractor, job.normalization, job.device, job.precision, compile_model=compile_model)
     workers = (os.cpu_count() or 1) if job.workers is None else job.workers
     loader = DataLoader(
         stage.ImageDataset(job.paths, job.transform),

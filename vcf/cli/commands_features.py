@@ -41,6 +41,9 @@ def features_command(
     decode_on_device: bool = typer.Option(
         False, "--decode-on-device", help="Decode JPEGs and resize on the model's device (nvJPEG on CUDA)."
     ),
+    compile_model: bool = typer.Option(
+        False, "--compile", help="Run the model through torch.compile (compiles first; mostly for GPUs)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
     rootpath: Path = ROOTPATH_OPTION,
     shard: str = SHARD_OPTION,
@@ -97,7 +100,7 @@ def features_command(
     Example:
         vcf features toydata --model efficientnet_lite0 --layer avgpool --layer fc
         vcf features ~/VisualSearch/tgif --model resnext101_32x48d_wsl --oversample --device cuda
-        vcf features tgif --model resnet50 --device cuda --precision bf16 --decode-on-device
+        vcf features tgif --model resnet50 --device cuda --precision bf16 --decode-on-device --compile
         vcf features tgif --shard $SLURM_ARRAY_TASK_ID/8   (then: vcf merge tgif)
         vcf features tgif --engine ray --ray-address head-node:6379
         vcf features toydata --from-video --model efficientnet_lite0 --fps 1
@@ -138,6 +141,7 @@ def features_command(
         video_timeout=video_timeout,
         fast_decode=fast_decode,
         decode_on_device=decode_on_device,
+        compile_model=compile_model,
     )
     if csv is not None:
         if not quiet:
