@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -233,3 +234,32 @@ def test_compiled_model_gives_the_same_features(framed_reference: Path) -> None:
     assert json.loads((compiled_dir / "manifest.json").read_text())["compiled"] == "torch.compile"
     with pytest.raises(VcfError, match="--compile applies to JPEG frames"):
         features(root, from_video=True, compile_model=True, model=TINY)
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_light_models_move_decoding_to_loader_processes(
+    framed_reference: Path, monkeypatch: pytest.MonkeyPatch, light: bool
+) -> None:
+    import vcf.features as feature_stage
+
+    root = framed_reference
+    options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2}
+    reference = features(root, workers=0, **options).feature_dirs["avgpool"]
+    expected = {name: (reference / name).read_bytes() for name in ("feature.bin", "id.txt", "shape.txt")}
+    shutil.rmtree(root / "FeatureData")
+    loaders: list[tuple[int, int]] = []
+    original = feature_stage._make_loader
+
+    def recording(dataset, batches, workers, device):  # type: ignore[no-untyped-def]
+        loaders.append((len(batches), workers))
+        return original(dataset, batches, workers, device)
+
+    monkeypatch.setattr(feature_stage, "_make_loader", recording)
+    monkeypatch.setattr(feature_stage, "default_workers", lambda device: 0)  # as on a 2-core CPU
+    monkeypatch.setattr(feature_stage, "LOADER_SWITCH_MIN_SECONDS", 0.0)
+    # Decoding always costs more than 0 x the model's time, never more than a million times it.
+    monkeypatch.setattr(feature_stage, "LOADER_SWITCH_SHARE", 0.0 if light else 1e6)
+    result = features(root, **options)
+    assert loaders == [(3, 0), (3, (os.cpu_count() or 1) if light else 0)]  # 6 batches: 3 probed here, 3 after
+    got = {name: (result.feature_dirs["avgpool"] / name).read_bytes() for name in expected}
+    assert got == expected

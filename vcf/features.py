@@ -8,6 +8,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,8 +123,9 @@ def default_workers(device: torch.device) -> int:
     already keep every core busy, and a decoder preempting one of them stalls the others at their next
     synchronisation: on 2 cores decoding in this process between batches measured fastest. With more
     cores a single-threaded decode between batches would leave the others idle, so a worker per 4
-    cores decodes beside the model. Light models whose decoding costs as much as their inference do
-    better with ``workers`` set to the core count.
+    cores decodes beside the model. Light models, whose decoding costs a good share of their inference,
+    do better with loader processes: a run that starts with 0 switches when it measures that (see
+    :func:`_timed_batches`).
     """
     cores = os.cpu_count() or 1
     if device.type != "cpu":
@@ -490,6 +492,68 @@ def _read_failures(coll: Collection) -> list[tuple[str, str]]:
     return [tuple(line.split(" ", 1)) for line in path.read_text(encoding="utf-8").splitlines() if " " in line]  # type: ignore[misc]
 
 
+# With no --workers on a small CPU, the first batches are decoded in this process and timed; when decoding
+# takes more than this share of the model's time and the rest of the run is long enough to pay for
+# starting the loader processes, the rest goes to loader processes (light models: decoding is the
+# bottleneck; heavy ones: decoding between batches is the faster schedule).
+PROBE_BATCHES = 3
+LOADER_SWITCH_SHARE = 0.15
+LOADER_SWITCH_MIN_SECONDS = 120.0
+
+
+def _make_loader(dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+        # Not fork: a forked child inherits OpenCV's and OpenMP's thread pools in whatever state the
+        # parent left them, and touching them deadlocks. The fork server starts clean and forks cheaply.
+        multiprocessing_context=_loader_context() if workers > 0 else None,
+    )
+
+
+def _timed_batches(
+    dataset: Dataset,
+    batches: list[list[int]],
+    workers: int | None,
+    device: torch.device,
+    model_seconds: list[float],
+) -> Iterator[Batch]:
+    """The batches, from the loader the run should use; ``model_seconds`` receives the model's time per batch.
+
+    With ``workers`` given (or a device that gets loader processes by default) this is one loader. Else
+    the first :data:`PROBE_BATCHES` are decoded here and timed against the model, and the rest is handed
+    to one loader process per core when decoding is the larger cost (see :data:`LOADER_SWITCH_SHARE`).
+    The batches are the same either way, so the features are too.
+    """
+    chosen = default_workers(device) if workers is None else workers
+    if workers is not None or chosen > 0 or len(batches) <= PROBE_BATCHES:
+        yield from _make_loader(dataset, batches, chosen, device)
+        return
+    decode_seconds = 0.0
+    probe = iter(_make_loader(dataset, batches[:PROBE_BATCHES], 0, device))
+    while True:
+        started = time.perf_counter()
+        batch = next(probe, None)
+        decode_seconds += time.perf_counter() - started
+        if batch is None:
+            break
+        yield batch
+    model = sum(model_seconds)
+    per_batch = (decode_seconds + model) / PROBE_BATCHES
+    rest = batches[PROBE_BATCHES:]
+    cores = os.cpu_count() or 1
+    light = model > 0 and decode_seconds > LOADER_SWITCH_SHARE * model
+    yield from _make_loader(
+        dataset, rest, cores if light and per_batch * len(rest) >= LOADER_SWITCH_MIN_SECONDS else 0, device
+    )
+
+
 def _run_chunks(
     run: ChunkedRun,
     dataset: Dataset,
@@ -505,26 +569,15 @@ def _run_chunks(
     if not todo:
         return 0
     batches = [b for b in fixed_batches(run.count, batch_size, run.chunk_size) if b[0] // run.chunk_size in todo]
-    workers = default_workers(inference.device) if workers is None else workers
-    loader = DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=inference.device.type == "cuda",
-        worker_init_fn=_worker_init if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-        # Not fork: a forked child inherits OpenCV's and OpenMP's thread pools in whatever state the
-        # parent left them, and touching them deadlocks. The fork server starts clean and forks cheaply.
-        multiprocessing_context=_loader_context() if workers > 0 else None,
-    )
+    model_seconds: list[float] = []
     computed = 0
     buffer = ChunkBuffer()
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending_write: Future[None] | None = None
-        for batch in loader:
+        for batch in _timed_batches(dataset, batches, workers, inference.device, model_seconds):
+            started = time.perf_counter()
             indices, outputs, failed = compute_batch(batch, inference, transform)
+            model_seconds.append(time.perf_counter() - started)
             if outputs is not None:
                 buffer.add(indices, outputs)
             buffer.failed.extend(failed)

@@ -537,8 +537,6 @@ def _write_part(run: ChunkedRun, layer: str, ids: Sequence[str], part: Path, man
 
 def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple[int, BatchOutput]]:
     """Runs batches with the local engine's loader and model, in order."""
-    from torch.utils.data import DataLoader
-
     from vcf import features as stage
     from vcf.engine import Inference
 
@@ -547,17 +545,7 @@ def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple
     compile_model = bool(job.extra.get("compile_model"))
     inference = Inference(job.extractor, job.normalization, job.device, job.precision, compile_model=compile_model)
     workers = (os.cpu_count() or 1) if job.workers is None else job.workers
-    loader = DataLoader(
-        stage.ImageDataset(job.paths, job.transform),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=stage.collate,
-        pin_memory=inference.device.type == "cuda",
-        worker_init_fn=stage._worker_init if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-        multiprocessing_context=stage._loader_context() if workers > 0 else None,  # as the local engine's
-    )
+    loader = stage._make_loader(stage.ImageDataset(job.paths, job.transform), batches, workers, inference.device)
     for position, batch in enumerate(loader):
         yield position, stage.compute_batch(batch, inference, job.transform)
 
