@@ -260,7 +260,6 @@ def _check_work_dir(coll: Collection, work: Path, findings: _Findings) -> None:
 
 def _check_shards(coll: Collection, feature: str | None, findings: _Findings) -> None:
     """Parts of sharded runs not merged yet: what ``vcf merge`` would do with them, or why it cannot yet."""
-    from vcf.progress import Reporter
     from vcf.shards import MergeResult, _has_parts, _prepare_feature, _prepare_frames, feature_shard_root
 
     targets: list[tuple[str, Path, Callable[[], object]]] = []

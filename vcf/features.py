@@ -140,6 +140,16 @@ def _start_loader_server(workers: int | None, device: torch.device) -> None:
         multiprocessing.forkserver.ensure_running()
 
 
+def resolve_run_device(engine: str, device: str, precision: str, ray_address: str | None) -> tuple[torch.device, str]:
+    """Where the model runs and with which precision: on this machine, or on the Ray cluster's devices."""
+    if engine == "ray":
+        from vcf.ray_engine import resolve_cluster_device
+
+        return resolve_cluster_device(device, precision, ray_address)
+    torch_device = resolve_device(device)
+    return torch_device, resolve_precision(precision, torch_device)
+
+
 def _worker_init(_: int) -> None:
     die_with_parent()
     # Each loader process decodes one image at a time; the cores belong to the model and the other workers.
@@ -364,13 +374,7 @@ def features(
     if not items:
         raise VcfError(f"{coll.imagepath_file} lists no images")
     _refuse_whitespace_ids(coll.imagepath_file, [frame_id for frame_id, _ in items])
-    if engine == "ray":  # the model runs on the cluster's devices, not on this machine's
-        from vcf.ray_engine import resolve_cluster_device
-
-        torch_device, chosen_precision = resolve_cluster_device(device, precision, ray_address)
-    else:
-        torch_device = resolve_device(device)
-        chosen_precision = resolve_precision(precision, torch_device)
+    torch_device, chosen_precision = resolve_run_device(engine, device, precision, ray_address)
     if engine == "local":
         _start_loader_server(workers, torch_device)
     record, extractor, weights_info = _resolve_model(model, layers, weights)

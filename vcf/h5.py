@@ -242,23 +242,27 @@ def _output_lock(target: Path, overwrite: bool, stamp: str | None = None) -> Ite
     An existing output made from ``stamp`` is not refused: the dataset count is yielded instead of None
     (a rerun of a command that finished, e.g. killed just after its output appeared, has nothing to do).
     """
-    if target.exists() and not overwrite:
+
+    def finished() -> int | None:
+        if not target.exists() or overwrite:
+            return None
         done = _made_from(target, stamp)
         if done is None:
             raise OutputExistsError(f"{target} exists; use --overwrite to replace it")
+        return done
+
+    # Checked before taking the lock (no directory created for a refused run) and again under it.
+    done = finished()
+    if done is not None:
         yield done
         return
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(target.parent / f".{target.name}.lock"):
-        if target.exists() and not overwrite:
-            done = _made_from(target, stamp)
-            if done is None:
-                raise OutputExistsError(f"{target} exists; use --overwrite to replace it")
-            yield done
-            return
-        clean_stale_temps(target.parent)
-        yield None
+        done = finished()
+        if done is None:
+            clean_stale_temps(target.parent)
+        yield done
 
 
 def _bigfile_to_h5(
@@ -292,10 +296,8 @@ def _bigfile_to_h5(
                 chunks = _chunks(block.shape, block.itemsize) if compression else None
                 _require_space(h5, block.nbytes)
                 dataset = h5.create_dataset(video, data=block, chunks=chunks, compression=compression)
-                dataset.attrs["frame_index"] = np.asarray(
-                    [split_frame_id(source.names[r])[1] for r in rows],
-                    dtype=np.int64,  # type: ignore[index]
-                )
+                numbers = [split_frame_id(source.names[r])[1] for r in rows]  # type: ignore[index]
+                dataset.attrs["frame_index"] = np.asarray(numbers, dtype=np.int64)
                 reporter.advance("videos", 1, description=video)
             datasets = len(groups)
         else:

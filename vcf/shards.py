@@ -433,13 +433,8 @@ def run_features_job(
         parts = {layer: feature_part_dir(coll, job.outputs[layer].name, spec) for layer in job.manifests}
         shard_info = _shard_info(spec, owned, count)
         if all(part_matches(parts[layer], manifest, shard_info) for layer, manifest in job.manifests.items()):
-            result.feature_dirs = dict(parts)
-            result.up_to_date = True
+            result = finished_part(result, parts)
             result.reused = len(owned)
-            for layer, part in parts.items():
-                manifest = _read_part_manifest(part) or {}
-                result.shapes[layer] = tuple(manifest.get("shape", (0, 0)))  # type: ignore[assignment]
-                result.failures = [tuple(f) for f in manifest.get("shard", {}).get("failures", [])]  # type: ignore[misc]
             return result
         for part in parts.values():
             remove_path(part)  # a part appears only once its shard completes
@@ -484,12 +479,42 @@ def run_features_job(
             dims = _write_part(run, layer, ids, part, {**manifest, "shard": info})
             result.shapes[layer] = (len(owned) - len(failures), dims)
         result.feature_dirs = dict(parts)
-        failures_path = feature_shard_root(coll) / f"features.{spec.name}.failures.txt"
+        failures_path = shard_failures_file(coll, spec)
     run.remove()
     result.failures = failures
     layout.write_failures(failures_path, failures)
     result.failures_file = failures_path if failures else None
     return result
+
+
+def shard_failures_file(coll: Collection, shard: Shard) -> Path:
+    """Where a features shard lists its failures: ``FeatureData/.vcf-shards/features.<K>-of-<N>.failures.txt``."""
+    return feature_shard_root(coll) / f"features.{shard.name}.failures.txt"
+
+
+def finished_part(result: FeaturesResult, parts: dict[str, Path]) -> FeaturesResult:
+    """``result`` of a shard whose parts are complete already: their shapes and failures, from the manifests.
+
+    ``reused`` is the rows of the parts; the caller may count otherwise.
+    """
+    result.feature_dirs = dict(parts)
+    result.up_to_date = True
+    for layer, part in parts.items():
+        manifest = _read_part_manifest(part) or {}
+        result.shapes[layer] = tuple(manifest.get("shape", (0, 0)))  # type: ignore[assignment]
+        result.failures = [tuple(f) for f in manifest.get("shard", {}).get("failures", [])]  # type: ignore[misc]
+    result.reused = next(iter(result.shapes.values()), (0, 0))[0]
+    return result
+
+
+def write_empty_part(part: Path, manifest: dict[str, Any]) -> int:
+    """Writes the part of a shard none of whose items could be read; returns its width, 0."""
+    from vcf.bigfile import BigFileWriter
+
+    # Nothing to take the width from; merge skips empty parts, so any width does.
+    with BigFileWriter(part, 1, overwrite=True, manifest=manifest):
+        pass
+    return 0
 
 
 def _shard_info(spec: Shard, owned: range, count: int) -> dict[str, Any]:
@@ -524,15 +549,10 @@ def _bigfile_ok(directory: Path) -> bool:
 
 def _write_part(run: ChunkedRun, layer: str, ids: Sequence[str], part: Path, manifest: dict[str, Any]) -> int:
     """Writes one shard's rows of ``layer`` as a BigFile; a shard with no readable row writes an empty one."""
-    from vcf.bigfile import BigFileWriter
-
     key = f"layer:{layer}"
     if any(key in run._load(number).files for number in range(len(run.chunks))):
         return run.write_bigfile(layer, ids, part, manifest, overwrite=True)
-    # Nothing to take the width from; merge skips empty parts, so any width does.
-    with BigFileWriter(part, 1, overwrite=True, manifest=manifest):
-        pass
-    return 0
+    return write_empty_part(part, manifest)
 
 
 def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple[int, BatchOutput]]:

@@ -36,7 +36,7 @@ from vcf.atomic import (
 )
 from vcf.bigfile import BigFileWriter
 from vcf.collection import Collection
-from vcf.engine import Inference, Normalization, resolve_device, resolve_precision
+from vcf.engine import Inference, Normalization
 from vcf.errors import IndexFormatError, VcfError
 from vcf.features import (
     DEFAULT_LAYER,
@@ -49,6 +49,7 @@ from vcf.features import (
     output_dirs,
     outputs_lock_key,
     pending_outputs,
+    resolve_run_device,
 )
 from vcf.frames import _discover
 from vcf.preprocess import FrameTransform
@@ -60,9 +61,12 @@ from vcf.shards import (
     feature_part_dir,
     feature_shard_root,
     features_lock,
+    finished_part,
     owned_rows,
     parse_scale_out,
     part_matches,
+    shard_failures_file,
+    write_empty_part,
 )
 from vcf.video import VideoError, decode_selected
 
@@ -644,20 +648,6 @@ def _inference(record: Any, extractor: Any, device: Any, precision: str) -> Infe
     )
 
 
-def _resolve_engine(
-    shard: str | Shard | None, engine: str, ray_address: str | None, device: str, precision: str
-) -> tuple[Shard | None, torch.device, str]:
-    """Checks the scale-out options and resolves where the model runs: this machine, or the Ray cluster."""
-    spec = parse_scale_out(shard, engine, ray_address)
-    if engine == "ray":  # the model runs on the cluster's devices, not on this machine's
-        from vcf.ray_engine import resolve_cluster_device
-
-        torch_device, chosen_precision = resolve_cluster_device(device, precision, ray_address)
-        return spec, torch_device, chosen_precision
-    torch_device = resolve_device(device)
-    return spec, torch_device, resolve_precision(precision, torch_device)
-
-
 @dataclass(frozen=True)
 class _Runner:
     """Where and how a video or CSV run computes: the model, its device and precision, the engine."""
@@ -831,9 +821,7 @@ class _PartStore:
         """Writes a shard's part BigFile (see :meth:`write_bigfile`); an empty one when no video was decoded."""
         if any(video in self.rows for video in order):
             return self.write_bigfile(layer, order, part, manifest, overwrite=True)
-        with BigFileWriter(part, 1, overwrite=True, manifest=manifest):  # merge skips empty parts: any width
-            pass
-        return 0
+        return write_empty_part(part, manifest)
 
     def remove(self) -> None:
         self._arrays.clear()
@@ -941,7 +929,8 @@ def features_from_videos(
     videos, failures = _discover(coll)
     if not videos and not failures:
         raise VcfError(f"no video files in {coll.video_dir}")
-    shard_spec, torch_device, chosen_precision = _resolve_engine(shard, engine, ray_address, device, precision)
+    shard_spec = parse_scale_out(shard, engine, ray_address)
+    torch_device, chosen_precision = resolve_run_device(engine, device, precision, ray_address)
     record, extractor, weights_info = _resolve_model(record.name, layers, weights)
     settings = {
         "model": record.name,
@@ -985,11 +974,11 @@ def features_from_videos(
             shard_info = {"index": shard_spec.index, "count": shard_spec.count, "videos": mine}
             parts = {layer: feature_part_dir(coll, outputs[layer].name, shard_spec) for layer in pending}
             if all(part_matches(parts[layer], manifest, shard_info) for layer, manifest in pending.items()):
-                return _finished_part(result, parts)
+                return finished_part(result, parts)
             for part in parts.values():
                 remove_path(part)  # a part appears only once its shard completes
             work_dir = feature_shard_root(coll) / f".work-{_digest(work)}-{shard_spec.name}"
-            failures_path = feature_shard_root(coll) / f"features.{shard_spec.name}.failures.txt"
+            failures_path = shard_failures_file(coll, shard_spec)
         store = _PartStore(work_dir, work, layers)
         ids = list(videos)
         todo = [video for video in ids if not store.done(video)]
@@ -1021,20 +1010,6 @@ def features_from_videos(
         if parts:
             result.feature_dirs = dict(parts)
         store.remove()
-    return result
-
-
-def _finished_part(result: FeaturesResult, parts: dict[str, Path]) -> FeaturesResult:
-    """The result of a shard whose parts are complete already."""
-    from vcf.atomic import read_manifest
-
-    result.feature_dirs = dict(parts)
-    result.up_to_date = True
-    for layer, part in parts.items():
-        manifest = read_manifest(part) or {}
-        result.shapes[layer] = tuple(manifest.get("shape", (0, 0)))  # type: ignore[assignment]
-        result.failures = [tuple(f) for f in manifest.get("shard", {}).get("failures", [])]  # type: ignore[misc]
-    result.reused = result.shapes[next(iter(parts))][0] if parts else 0
     return result
 
 
@@ -1287,7 +1262,7 @@ def features_from_csv(
 
     todo = [row for index, row in enumerate(rows) if wanted(index)]
     if todo:  # the model is loaded only when there is work, and before any progress is shown
-        _, torch_device, chosen_precision = _resolve_engine(None, engine, ray_address, device, precision)
+        torch_device, chosen_precision = resolve_run_device(engine, device, precision, ray_address)
         record, extractor, _ = _resolve_model(record.name, layers, weights)
     reporter = Reporter(progress)
     reporter.total("videos", result.videos)
