@@ -5,9 +5,9 @@ Usage:
     python bench/features.py --model resnet152 --precision fp32 --batch-size 32
     python bench/features.py --model resnet50 --precision bf16 --device cuda --batch-size 256
 
-The pure figure runs the same ``vcf.engine.Inference`` (batch size, precision, channels_last,
+The pure figure runs the same ``vcf.models.inference.Inference`` (batch size, precision, channels_last,
 inference_mode) on preprocessed uint8 batches already in memory. The end-to-end figure is one call
-of ``vcf.features.features`` (model load, read, decode, preprocess, infer, write) over JPEG frames of
+of ``vcf.stages.features.features`` (model load, read, decode, preprocess, infer, write) over JPEG frames of
 real videos, at their native sizes and upscaled to 1280x720. Models without local weights run with
 random weights (same speed). The last line is the headline: the worst end-to-end / pure ratio.
 """
@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
-from vcf.bigfile import BigFile, BigFileWriter
-from vcf.engine import Inference, Normalization, resolve_device, resolve_precision
-from vcf.features import features
+from vcf.io.bigfile import BigFile, BigFileWriter
+from vcf.io.preprocess import FrameTransform, read_rgb
 from vcf.models import build_extractor, get_model
+from vcf.models.inference import Inference, Normalization, resolve_device, resolve_precision
 from vcf.models.weights import cached_path, file_sha256
-from vcf.preprocess import FrameTransform, read_rgb
+from vcf.stages.features import features
 
 # Images per run at most: enough for a minute of CPU inference; a GPU run reads the frames several times over.
 MAX_IMAGES = {"cpu": 1024, "cuda": 20000}
@@ -201,7 +201,7 @@ def step_costs(items, transform: FrameTransform, inference: Inference, batch_siz
         cv2.setNumThreads(-1)
     batch = torch.cat((crops * math.ceil(batch_size / len(crops)))[:batch_size])
     norm = inference.normalization
-    from vcf.preprocess import normalize
+    from vcf.io.preprocess import normalize
 
     for _ in range(2):
         with clock("transfer"), torch.inference_mode():
@@ -230,7 +230,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def from_video_available() -> bool:
     """Whether the library has the --from-video mode of ``features``."""
     return (
-        importlib.util.find_spec("vcf.videofeatures") is not None
+        importlib.util.find_spec("vcf.stages.videofeatures") is not None
         and "from_video" in inspect.signature(features).parameters
     )
 

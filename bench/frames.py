@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
-from vcf.frames import frames
 from vcf.sampling import Sampling
+from vcf.stages.frames import frames
 
 
 def parse_args() -> argparse.Namespace:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
-from vcf.bigfile import BigFileWriter
+from vcf.io.bigfile import BigFileWriter
 
 FEATURE = "synth,avgpool"
 SMALL = "synth_small,avgpool"
@@ -63,9 +63,9 @@ print(time.perf_counter() - start)
 
 STAGE = """
 import sys, time
-from vcf.concat import concat
-from vcf.h5 import to_h5
-from vcf.pool import pool
+from vcf.stages.concat import concat
+from vcf.stages.h5 import to_h5
+from vcf.stages.pool import pool
 collection, stage = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
 if stage.startswith("pool-"):

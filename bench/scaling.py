@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
-from vcf.features import features
-from vcf.frames import frames
 from vcf.progress import ProgressEvent
+from vcf.stages.features import features
+from vcf.stages.frames import frames
 
 
 def parse_args() -> argparse.Namespace:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import h5py
 
-from vcf.bigfile import BigFile
+from vcf.io.bigfile import BigFile
 
 first, second = sys.argv[1:3]
 root = Path("toydata").resolve()

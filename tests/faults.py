@@ -44,13 +44,13 @@ def apply_knobs(knobs: dict) -> None:
     ``part_videos``: videos per ``--from-video`` work part (likewise).
     ``eio_fsync``: the N-th fsync of a regular file in each process fails with EIO, as a disk does.
     ``sleep_first_fsync``: the first fsync of each process first sleeps this many seconds.
-    ``hang`` / ``crash``: decoding the video with this id sleeps for an hour / segfaults (in ``vcf.frames``,
-    and in ``vcf.videofeatures`` too when ``modules`` names it).
+    ``hang`` / ``crash``: decoding the video with this id sleeps for an hour / segfaults (in ``vcf.stages.frames``,
+    and in ``vcf.stages.videofeatures`` too when ``modules`` names it).
     """
     if "chunk" in knobs:
-        import vcf.features
+        import vcf.stages.features
 
-        vcf.features.CHUNK_SIZE = int(knobs["chunk"])
+        vcf.stages.features.CHUNK_SIZE = int(knobs["chunk"])
     if "eio_fsync" in knobs:
         target = int(knobs["eio_fsync"])
         real_fsync = os.fsync
@@ -78,17 +78,17 @@ def apply_knobs(knobs: dict) -> None:
 
         os.fsync = sleepy_fsync
     if "part_videos" in knobs:
-        import vcf.videofeatures
+        import vcf.stages.videofeatures
 
-        vcf.videofeatures.PART_VIDEOS = int(knobs["part_videos"])
+        vcf.stages.videofeatures.PART_VIDEOS = int(knobs["part_videos"])
     if "hang" in knobs or "crash" in knobs:
-        import vcf.frames
+        import vcf.stages.frames
 
-        modules = [vcf.frames]
+        modules = [vcf.stages.frames]
         if "videofeatures" in knobs.get("modules", ()):
-            import vcf.videofeatures
+            import vcf.stages.videofeatures
 
-            modules.append(vcf.videofeatures)
+            modules.append(vcf.stages.videofeatures)
         for module in modules:
             module.decode_selected = _failing_decoder(module.decode_selected, knobs.get("hang"), knobs.get("crash"))
 
@@ -305,7 +305,7 @@ def hold_lock(path: Path) -> subprocess.Popen:
         [
             PYTHON,
             "-c",
-            "import sys, time, pathlib; from vcf.atomic import OutputLock; "
+            "import sys, time, pathlib; from vcf.io.atomic import OutputLock; "
             "OutputLock(pathlib.Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)",
             str(path),
         ],
@@ -677,7 +677,7 @@ def finish_scenario(
     ``problem`` is what went wrong earlier in the scenario (e.g. an unclear error message); the
     scenario then does not count as recovered.
     """
-    from vcf.check import check
+    from vcf.stages.check import check
 
     if problem is not None:
         row.details.append(f"{what}: {problem}")

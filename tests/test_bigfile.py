@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vcf.atomic import TMP_MARK, read_manifest
-from vcf.bigfile import BigFile, BigFileWriter, txt_to_bigfile, write_bigfile
 from vcf.errors import CollectionError, FeatureFileError, OutputExistsError
+from vcf.io.atomic import TMP_MARK, read_manifest
+from vcf.io.bigfile import BigFile, BigFileWriter, txt_to_bigfile, write_bigfile
 
 REFERENCE_FEATURE = "resnext101_32x48d_wsl,avgpool"
 

@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 from videos import write_index_video
 
-from vcf.bigfile import write_bigfile
-from vcf.check import check
 from vcf.cli import app
-from vcf.collection import Collection
-from vcf.frames import frames
-from vcf.pool import pool
+from vcf.io.bigfile import write_bigfile
+from vcf.io.collection import Collection
+from vcf.stages.check import check
+from vcf.stages.frames import frames
+from vcf.stages.pool import pool
 
 runner = CliRunner()
 FEATURE = "net,avgpool"
@@ -192,7 +192,7 @@ def test_live_lock_and_temporary_output_are_notes(coll: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time, pathlib; from vcf.atomic import OutputLock; "
+            "import sys, time, pathlib; from vcf.io.atomic import OutputLock; "
             "OutputLock(pathlib.Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)",
             str(lock),
         ],
@@ -214,7 +214,7 @@ def test_live_lock_and_temporary_output_are_notes(coll: Path) -> None:
 
 
 def test_damaged_h5(coll: Path) -> None:
-    from vcf.h5 import to_h5
+    from vcf.stages.h5 import to_h5
 
     out = to_h5(coll, f"mean_{FEATURE}").output
     assert check(coll).ok
@@ -235,7 +235,7 @@ def test_cli_help_has_an_example() -> None:
 
 
 def test_h5_goes_stale_when_its_feature_changes(coll: Path) -> None:
-    from vcf.h5 import to_h5
+    from vcf.stages.h5 import to_h5
 
     to_h5(coll, f"mean_{FEATURE}")
     assert check(coll).ok

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import vcf.concat as concat_module
-from vcf.atomic import TMP_MARK
-from vcf.bigfile import BigFile, write_bigfile
+import vcf.stages.concat as concat_module
 from vcf.cli.app import app
-from vcf.collection import Collection
-from vcf.concat import concat, split_features
 from vcf.errors import OutputExistsError, VcfError
+from vcf.io.atomic import TMP_MARK
+from vcf.io.bigfile import BigFile, write_bigfile
+from vcf.io.collection import Collection
+from vcf.stages.concat import concat, split_features
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

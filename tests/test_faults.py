@@ -39,10 +39,10 @@ from faults import (
 from typer.testing import CliRunner
 from videos import write_index_video
 
-from vcf.bigfile import BigFile, write_bigfile
-from vcf.check import check
 from vcf.cli import app
-from vcf.collection import Collection, write_id_list
+from vcf.io.bigfile import BigFile, write_bigfile
+from vcf.io.collection import Collection, write_id_list
+from vcf.stages.check import check
 
 pytestmark = pytest.mark.timeout(1800)
 runner = CliRunner()
@@ -66,7 +66,7 @@ def build_videos(root: Path) -> None:
 
 
 def build_frames(root: Path) -> None:
-    from vcf.frames import frames
+    from vcf.stages.frames import frames
 
     build_videos(root)
     frames(root, workers=1, relative_paths=True)
@@ -247,7 +247,7 @@ def test_worker_start_up_is_not_counted_in_the_timeout() -> None:
 
     from worker_tasks import behave
 
-    from vcf.workers import TaskFailed, run_isolated
+    from vcf.run.processes import TaskFailed, run_isolated
 
     slow_start = functools.partial(time.sleep, 2.0)
     results = dict(run_isolated(behave, ["hang", "a", "b"], workers=1, timeout=1.0, initializer=slow_start))

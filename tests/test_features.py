@@ -15,12 +15,12 @@ from PIL import Image
 from torchvision import transforms
 from typer.testing import CliRunner
 
-from vcf.bigfile import BigFile
 from vcf.cli import app
 from vcf.errors import OutputExistsError, VcfError
-from vcf.features import features
-from vcf.frames import frames
+from vcf.io.bigfile import BigFile
 from vcf.models import build_extractor, get_model
+from vcf.stages.features import features
+from vcf.stages.frames import frames
 
 runner = CliRunner()
 TINY = "test_tiny2d"
@@ -120,7 +120,7 @@ def test_other_settings_refuse_to_mix(framed_reference: Path) -> None:
 
 
 def test_resume_after_interruption_is_byte_identical(framed_reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vcf.features as stage
+    import vcf.stages.features as stage
 
     monkeypatch.setattr(stage, "CHUNK_SIZE", 4)
     whole = features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
@@ -240,7 +240,7 @@ def test_compiled_model_gives_the_same_features(framed_reference: Path) -> None:
 def test_light_models_move_decoding_to_loader_processes(
     framed_reference: Path, monkeypatch: pytest.MonkeyPatch, light: bool
 ) -> None:
-    import vcf.features as feature_stage
+    import vcf.stages.features as feature_stage
 
     root = framed_reference
     options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2}

@@ -15,9 +15,9 @@ from videos import read_index, write_index_video
 
 from vcf.cli import app
 from vcf.errors import LockedError, OutputExistsError, VcfError
-from vcf.frames import frames
+from vcf.run.processes import TaskFailed, run_isolated
 from vcf.sampling import Sampling
-from vcf.workers import TaskFailed, run_isolated
+from vcf.stages.frames import frames
 
 runner = CliRunner()
 
@@ -130,14 +130,14 @@ def test_relative_paths(synthetic_collection: Path) -> None:
     frames(synthetic_collection, relative_paths=True, workers=1)
     first = (synthetic_collection / "id.imagepath.txt").read_text().splitlines()[0]
     assert first == "alpha_1_0 ImageData/alpha_1/alpha_1_0.jpg"
-    from vcf.collection import Collection, read_imagepath
+    from vcf.io.collection import Collection, read_imagepath
 
     pairs = read_imagepath(Collection(synthetic_collection))
     assert pairs[0] == ("alpha_1_0", synthetic_collection / "ImageData" / "alpha_1" / "alpha_1_0.jpg")
 
 
 def test_reader_accepts_paths_with_spaces(tmp_path: Path) -> None:
-    from vcf.collection import Collection, read_imagepath
+    from vcf.io.collection import Collection, read_imagepath
 
     root = tmp_path / "c"
     root.mkdir()
@@ -147,8 +147,8 @@ def test_reader_accepts_paths_with_spaces(tmp_path: Path) -> None:
 
 
 def test_malformed_index_line_is_named(tmp_path: Path) -> None:
-    from vcf.collection import Collection, read_imagepath
     from vcf.errors import IndexFormatError
+    from vcf.io.collection import Collection, read_imagepath
 
     root = tmp_path / "c"
     root.mkdir()
@@ -222,7 +222,7 @@ def test_second_run_fails_at_once_on_a_held_lock(synthetic_collection: Path) -> 
         [
             sys.executable,
             "-c",
-            "import sys, time, pathlib; from vcf.atomic import OutputLock; "
+            "import sys, time, pathlib; from vcf.io.atomic import OutputLock; "
             "OutputLock(pathlib.Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)",
             str(lock),
         ],
@@ -284,7 +284,7 @@ def test_bad_videos_are_reported_and_the_rest_completes(synthetic_collection: Pa
 
 
 def test_unknown_frame_rate_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from vcf import video
+    from vcf.io import video
 
     class NoRate:
         def __init__(self, path: str) -> None:
@@ -306,7 +306,7 @@ def test_unknown_frame_rate_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_unreadable_file_is_reported(synthetic_collection: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vcf import video
+    from vcf.io import video
 
     path = synthetic_collection / "VideoData" / "beta.mp4"
     if os.geteuid() != 0:  # a real permission problem, where permissions bind

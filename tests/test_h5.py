@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import vcf.h5 as h5_module
-from vcf.bigfile import BigFile, write_bigfile
+import vcf.stages.h5 as h5_module
 from vcf.cli.app import app
-from vcf.collection import Collection
 from vcf.errors import OutputExistsError, VcfError
-from vcf.h5 import is_frame_level, to_h5
-from vcf.pool import pool
+from vcf.io.bigfile import BigFile, write_bigfile
+from vcf.io.collection import Collection
+from vcf.stages.h5 import is_frame_level, to_h5
+from vcf.stages.pool import pool
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import vcf.pool as pool_module
-from vcf.bigfile import BigFile, txt_to_bigfile, write_bigfile
+import vcf.stages.pool as pool_module
 from vcf.cli.app import app
-from vcf.collection import Collection
 from vcf.errors import CollectionError, FeatureFileError, OutputExistsError, VcfError
-from vcf.pool import pool
+from vcf.io.bigfile import BigFile, txt_to_bigfile, write_bigfile
+from vcf.io.collection import Collection
+from vcf.stages.pool import pool
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

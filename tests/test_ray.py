@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from videos import write_index_video
 
-from vcf.features import features
-from vcf.frames import frames
 from vcf.progress import ProgressEvent
-from vcf.shards import merge
+from vcf.run.shards import merge
+from vcf.stages.features import features
+from vcf.stages.frames import frames
 
 # Ray nodes bind to 127.0.0.1 only (Ray reads this when imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -193,7 +193,7 @@ def test_ray_csv_and_from_video_shards_equal_local(local_ray: None, collection: 
 
 def test_unreachable_cluster_is_a_one_line_error() -> None:
     from vcf.errors import VcfError
-    from vcf.ray_engine import _probe
+    from vcf.run.ray_engine import _probe
 
     with pytest.raises(VcfError, match=r"^cannot connect to the Ray cluster at 127\.0\.0\.1:1: [^\n]*$"):
         _probe("127.0.0.1:1")

@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 from videos import write_index_video
 
-import vcf.features as feature_stage
+import vcf.stages.features as feature_stage
 from vcf.cli import app
-from vcf.engine import fixed_batches
 from vcf.errors import VcfError
-from vcf.features import features
-from vcf.frames import frames
-from vcf.shards import Shard, merge, owned_rows, plan_chunks, split_balanced, video_key
+from vcf.models.inference import fixed_batches
+from vcf.run.shards import Shard, merge, owned_rows, plan_chunks, split_balanced, video_key
+from vcf.stages.features import features
+from vcf.stages.frames import frames
 
 runner = CliRunner()
 TINY = "test_tiny2d"
@@ -298,7 +298,7 @@ def test_from_video_shards_merge_to_the_single_runs_bytes(multi: Path) -> None:
 
 
 def test_from_video_shard_resumes_and_merge_checks_the_videos(multi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vcf.videofeatures as video_stage
+    import vcf.stages.videofeatures as video_stage
 
     run_from_video(multi)
     reference = feature_files(multi)
@@ -367,7 +367,7 @@ def test_csv_shards_write_the_single_runs_files(multi: Path, tmp_path: Path) -> 
 
 
 def test_check_lists_unmerged_shards(multi: Path) -> None:
-    from vcf.check import check
+    from vcf.stages.check import check
 
     run_from_video(multi, shard="0/2")
     found = [f"{p.where}: {p.what}" for p in check(multi).problems]

@@ -15,17 +15,17 @@ from torch import nn
 from typer.testing import CliRunner
 from videos import read_index, write_index_video
 
-import vcf.videofeatures as vf
-from vcf.bigfile import BigFile
+import vcf.stages.videofeatures as vf
 from vcf.cli import app
 from vcf.errors import IndexFormatError, VcfError
-from vcf.features import DEFAULT_MODEL, features
-from vcf.frames import frames
-from vcf.h5 import to_h5
+from vcf.io.bigfile import BigFile
+from vcf.io.preprocess import FrameTransform, normalize
 from vcf.models import build_extractor, get_model
-from vcf.pool import pool
-from vcf.preprocess import FrameTransform, normalize
 from vcf.sampling import Sampling
+from vcf.stages.features import DEFAULT_MODEL, features
+from vcf.stages.frames import frames
+from vcf.stages.h5 import to_h5
+from vcf.stages.pool import pool
 
 runner = CliRunner()
 TINY2D = "test_tiny2d"

@@ -8,13 +8,13 @@ __version__ = "0.1.0"
 
 # Stage functions are imported lazily so that `import vcf` stays light (no torch until needed).
 _API = {
-    "frames": "vcf.frames",
-    "features": "vcf.features",
-    "pool": "vcf.pool",
-    "concat": "vcf.concat",
-    "to_h5": "vcf.h5",
-    "check": "vcf.check",
-    "merge": "vcf.shards",
+    "frames": "vcf.stages.frames",
+    "features": "vcf.stages.features",
+    "pool": "vcf.stages.pool",
+    "concat": "vcf.stages.concat",
+    "to_h5": "vcf.stages.h5",
+    "check": "vcf.stages.check",
+    "merge": "vcf.run.shards",
 }
 
 __all__ = ["__version__", *_API]

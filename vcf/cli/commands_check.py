@@ -34,7 +34,7 @@ def check_command(
         vcf check toydata
         vcf check ~/VisualSearch/tgif resnext101_32x48d_wsl,avgpool
     """
-    from vcf.check import check
+    from vcf.stages.check import check
 
     result = run_stage(check, quiet, collection=collection, feature=feature, rootpath=rootpath)
     for problem in result.problems:

@@ -108,7 +108,7 @@ def features_command(
         vcf features --csv input.csv --l2-normalize --dtype float16
         vcf features --csv in.csv -m resnext101_3d_kinetics --weights hara.pth
     """
-    from vcf.features import features
+    from vcf.stages.features import features
 
     result = run_stage(
         features,

@@ -50,7 +50,7 @@ def frames_command(
         vcf frames tgif --shard 0/4   (... 3/4 on other machines, then: vcf merge tgif)
         vcf frames tgif --engine ray --ray-address head-node:6379
     """
-    from vcf.frames import frames
+    from vcf.stages.frames import frames
 
     result = run_stage(
         frames,

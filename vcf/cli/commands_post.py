@@ -48,7 +48,7 @@ def pool_command(
         vcf pool toydata resnext101_32x48d_wsl,avgpool
         vcf pool ~/VisualSearch/tgif resnet152,avgpool --method max
     """
-    from vcf.pool import pool
+    from vcf.stages.pool import pool
 
     result = run_stage(
         pool, quiet, collection=collection, feature=feature, method=method.value, rootpath=rootpath, overwrite=overwrite
@@ -76,7 +76,7 @@ def concat_command(
     Example:
         vcf concat toydata mean_resnext101_32x48d_wsl,avgpool+mean_resnet152,avgpool
     """
-    from vcf.concat import concat
+    from vcf.stages.concat import concat
 
     result = run_stage(
         concat,
@@ -122,7 +122,7 @@ def to_h5_command(
         vcf to-h5 toydata resnext101_32x48d_wsl,avgpool --per-video --compression gzip
         vcf to-h5 --numpy-dir NumpyResult -o result.h5
     """
-    from vcf.h5 import to_h5
+    from vcf.stages.h5 import to_h5
 
     result = run_stage(
         to_h5,

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vcf.atomic import atomic_write_text
 from vcf.errors import ModelError, VcfError
+from vcf.io.atomic import atomic_write_text
 from vcf.models.registry import ModelRecord
 
 SHA_MEMO_NAME = ".vcf-sha256.json"

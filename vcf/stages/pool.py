@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vcf._api import callable_stage
-from vcf.atomic import OutputLock, clean_stale_temps
-from vcf.bigfile import DTYPE, BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
-from vcf.collection import read_id_list, resolve_collection
 from vcf.errors import FeatureFileError, VcfError
+from vcf.io.atomic import OutputLock, clean_stale_temps
+from vcf.io.bigfile import DTYPE, BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
+from vcf.io.collection import read_id_list, resolve_collection
 from vcf.progress import ProgressCallback, Reporter
 
 METHODS = ("mean", "max")
@@ -268,4 +267,3 @@ def _pool_long(matrix: RowReader, rows: np.ndarray, method: str, block_rows: int
 
 
 # `vcf.pool(...)` stays a call of the stage function once this module is imported.
-callable_stage(__name__)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as tvf
 
-from vcf import collection as layout
-from vcf.atomic import (
+from vcf.errors import IndexFormatError, VcfError
+from vcf.io import collection as layout
+from vcf.io.atomic import (
     OutputLock,
     atomic_write_bytes,
     atomic_write_text,
@@ -34,28 +35,13 @@ from vcf.atomic import (
     remove_path,
     writing,
 )
-from vcf.bigfile import BigFileWriter
-from vcf.collection import Collection
-from vcf.engine import Inference, Normalization
-from vcf.errors import IndexFormatError, VcfError
-from vcf.features import (
-    DEFAULT_LAYER,
-    DEFAULT_MODEL,
-    WORK_PREFIX,
-    FeaturesResult,
-    _digest,
-    _read_failures,
-    _resolve_model,
-    output_dirs,
-    outputs_lock_key,
-    pending_outputs,
-    resolve_run_device,
-)
-from vcf.frames import _discover
-from vcf.preprocess import FrameTransform
+from vcf.io.bigfile import BigFileWriter
+from vcf.io.collection import Collection
+from vcf.io.preprocess import FrameTransform
+from vcf.io.video import VideoError, decode_selected
+from vcf.models.inference import Inference, Normalization
 from vcf.progress import ProgressCallback, Reporter
-from vcf.sampling import Sampling
-from vcf.shards import (
+from vcf.run.shards import (
     Shard,
     assign_videos,
     feature_part_dir,
@@ -68,7 +54,21 @@ from vcf.shards import (
     shard_failures_file,
     write_empty_part,
 )
-from vcf.video import VideoError, decode_selected
+from vcf.sampling import Sampling
+from vcf.stages.features import (
+    DEFAULT_LAYER,
+    DEFAULT_MODEL,
+    WORK_PREFIX,
+    FeaturesResult,
+    _digest,
+    _read_failures,
+    _resolve_model,
+    output_dirs,
+    outputs_lock_key,
+    pending_outputs,
+    resolve_run_device,
+)
+from vcf.stages.frames import _discover
 
 # r2plus1d_18 is the best of torchvision's Kinetics-400 ResNet-18 video models and downloads like any other
 # model; Hara's resnext101_3d_kinetics (the older tools' 3D model) needs its checkpoint passed with --weights.
@@ -674,7 +674,7 @@ class _Runner:
             inference = _inference(self.record, self.extractor, self.device, self.precision)
             messages = _messages(paths, spec, self.workers, self.timeout, wanted)
             return _extract(messages, inference, spec, reporter, finish)
-        from vcf.ray_engine import video_rows
+        from vcf.run.ray_engine import video_rows
 
         computed = 0
         item_task = "clips" if spec.clips is not None else "frames"
@@ -1318,7 +1318,7 @@ def dispatch_features(
     dtype: str | None,
     **options: Any,
 ) -> tuple[FeaturesResult | None, str]:
-    """Routes a :func:`vcf.features.features` call: runs CSV and video runs, checks the options of a frames run.
+    """Routes a :func:`vcf.stages.features.features` call: runs CSV and video runs, checks the options of a frames run.
 
     Args:
         collection: The collection (None with ``csv``).

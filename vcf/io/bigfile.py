@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from vcf.atomic import (
+from vcf.errors import CollectionError, FeatureFileError, OutputExistsError
+from vcf.io.atomic import (
     MANIFEST_NAME,
     fsync_dir,
     fsync_file,
@@ -23,8 +24,7 @@ from vcf.atomic import (
     temp_sibling,
     writing,
 )
-from vcf.collection import Collection, has_whitespace
-from vcf.errors import CollectionError, FeatureFileError, OutputExistsError
+from vcf.io.collection import Collection, has_whitespace
 from vcf.progress import ProgressCallback, Reporter
 
 BIN_NAME = "feature.bin"

@@ -102,9 +102,9 @@ def _alive_nodes() -> int:
 
 def _extract_video(task: Any) -> Any:
     """One video to its frame directory, in a Ray worker; a video's own error is returned, not raised."""
-    from vcf import frames as stage
-    from vcf.shards import _remove_temps_of
-    from vcf.workers import TaskFailed
+    from vcf.run.processes import TaskFailed
+    from vcf.run.shards import _remove_temps_of
+    from vcf.stages import frames as stage
 
     stage._init_decoder_process()
     # A retried task: the attempt that was killed left its temporary directory behind.
@@ -124,7 +124,7 @@ def run_video_tasks(
     when it is submitted and ``timeout`` counts from then. A task whose worker dies is retried
     :data:`MAX_RETRIES` times; a task over ``timeout`` seconds is cancelled and reported.
     """
-    from vcf.workers import TaskFailed
+    from vcf.run.processes import TaskFailed
 
     ray = connect(address)
     inflight: dict[Any, tuple[Any, float]] = {}
@@ -182,7 +182,7 @@ def resolve_cluster_device(device: str, precision: str, address: str | None) -> 
     """
     import torch
 
-    from vcf.engine import resolve_precision
+    from vcf.models.inference import resolve_precision
 
     if device not in ("auto", "cpu", "cuda"):
         raise VcfError(f"--device {device}: with --engine ray use auto, cpu or cuda; Ray gives each model actor a GPU")
@@ -203,7 +203,7 @@ def resolve_cluster_device(device: str, precision: str, address: str | None) -> 
 def _gpu_precision(precision: str) -> str:
     import torch
 
-    from vcf.engine import resolve_precision
+    from vcf.models.inference import resolve_precision
 
     return resolve_precision(precision, torch.device("cuda"))
 
@@ -213,7 +213,7 @@ def _preprocess_batch(paths: list[str], indices: list[int], transform: Any) -> t
     import cv2
     import torch
 
-    from vcf.features import ImageDataset, collate
+    from vcf.stages.features import ImageDataset, collate
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -259,7 +259,7 @@ class _ModelActor:
         import torch
 
         if self.inference is None:
-            from vcf.engine import Inference
+            from vcf.models.inference import Inference
 
             if self.threads:
                 # On the CPU a row's result depends on the number of threads: use the local engine's.
@@ -390,8 +390,8 @@ def _decode_batches(path: str, spec: Any) -> Iterator[tuple[list[int], np.ndarra
     import cv2
     import torch
 
-    from vcf.video import VideoError
-    from vcf.videofeatures import decode_items
+    from vcf.io.video import VideoError
+    from vcf.stages.videofeatures import decode_items
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -453,7 +453,7 @@ def video_rows(
     Raises:
         VcfError: A model actor still fails after its restarts; the videos yielded so far are the caller's.
     """
-    from vcf.videofeatures import VideoRows
+    from vcf.stages.videofeatures import VideoRows
 
     ray = connect(address)
     pool: list[Any] = []

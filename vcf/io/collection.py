@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vcf.atomic import atomic_write_text
 from vcf.errors import CollectionError, IndexFormatError
+from vcf.io.atomic import atomic_write_text
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".gif", ".mkv", ".mov", ".mpg", ".m4v", ".flv"})
 DEFAULT_ROOTPATH = "~/VisualSearch"

@@ -16,18 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from vcf import collection as layout
-from vcf._api import callable_stage
-from vcf.atomic import MANIFEST_NAME, TMP_MARK, pid_alive, read_manifest
-from vcf.bigfile import BigFile
-from vcf.collection import Collection
 from vcf.errors import CollectionError, FeatureFileError, VcfError
-from vcf.frames import FRAME_META
+from vcf.io import collection as layout
+from vcf.io.atomic import MANIFEST_NAME, TMP_MARK, pid_alive, read_manifest
+from vcf.io.bigfile import BigFile
+from vcf.io.collection import Collection
 from vcf.progress import ProgressCallback, Reporter
+from vcf.stages.frames import FRAME_META
 
 # Per kind of problem, this many items are named one by one; the rest are counted in one line.
 DETAIL_LIMIT = 20
-# vcf.features.WORK_PREFIX, not imported from there because that would load torch.
+# vcf.stages.features.WORK_PREFIX, not imported from there because that would load torch.
 WORK_PREFIX = ".vcf-work-"
 JPEG_START = b"\xff\xd8"
 JPEG_END = b"\xff\xd9"
@@ -260,7 +259,7 @@ def _check_work_dir(coll: Collection, work: Path, findings: _Findings) -> None:
 
 def _check_shards(coll: Collection, feature: str | None, findings: _Findings) -> None:
     """Parts of sharded runs not merged yet: what ``vcf merge`` would do with them, or why it cannot yet."""
-    from vcf.shards import MergeResult, _has_parts, _prepare_feature, _prepare_frames, feature_shard_root
+    from vcf.run.shards import MergeResult, _has_parts, _prepare_feature, _prepare_frames, feature_shard_root
 
     targets: list[tuple[str, Path, Callable[[], object]]] = []
     quiet = Reporter(None)
@@ -655,4 +654,3 @@ def _check_h5(coll: Collection, findings: _Findings) -> None:
 
 
 # `vcf.check(...)` stays a call of the stage function once this module is imported.
-callable_stage(__name__)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vcf.errors import VcfError
-from vcf.preprocess import normalize
+from vcf.io.preprocess import normalize
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

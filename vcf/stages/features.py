@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vcf import collection as layout
-from vcf._api import callable_stage
-from vcf.atomic import (
+from vcf.errors import IndexFormatError, VcfError
+from vcf.io import collection as layout
+from vcf.io.atomic import (
     OutputLock,
     atomic_write_bytes,
     clean_stale_temps,
@@ -31,13 +31,19 @@ from vcf.atomic import (
     remove_path,
     writing,
 )
-from vcf.bigfile import BigFileWriter, reusable_output
-from vcf.collection import Collection
-from vcf.engine import Inference, Normalization, chunk_ranges, fixed_batches, resolve_device, resolve_precision
-from vcf.errors import IndexFormatError, VcfError
-from vcf.preprocess import FrameTransform, ImageError
+from vcf.io.bigfile import BigFileWriter, reusable_output
+from vcf.io.collection import Collection
+from vcf.io.preprocess import FrameTransform, ImageError
+from vcf.models.inference import (
+    Inference,
+    Normalization,
+    chunk_ranges,
+    fixed_batches,
+    resolve_device,
+    resolve_precision,
+)
 from vcf.progress import ProgressCallback, Reporter
-from vcf.shards import FeaturesJob, features_lock, parse_scale_out, run_features_job
+from vcf.run.shards import FeaturesJob, features_lock, parse_scale_out, run_features_job
 
 DEFAULT_MODEL = "resnext101_32x48d_wsl"
 DEFAULT_LAYER = "avgpool"
@@ -112,7 +118,7 @@ def _loader_context() -> Any:
     worker imports torch anew: seconds per worker before the first batch.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "cv2", "vcf.features"])
+    context.set_forkserver_preload(["torch", "cv2", "vcf.stages.features"])
     return context
 
 
@@ -143,7 +149,7 @@ def _start_loader_server(workers: int | None, device: torch.device) -> None:
 def resolve_run_device(engine: str, device: str, precision: str, ray_address: str | None) -> tuple[torch.device, str]:
     """Where the model runs and with which precision: on this machine, or on the Ray cluster's devices."""
     if engine == "ray":
-        from vcf.ray_engine import resolve_cluster_device
+        from vcf.run.ray_engine import resolve_cluster_device
 
         return resolve_cluster_device(device, precision, ray_address)
     torch_device = resolve_device(device)
@@ -183,7 +189,7 @@ class Batch:
     """Preprocessed images of one batch and the indices that failed.
 
     With on-device decoding, ``pixels`` is None and ``items`` holds each good image as its encoded
-    JPEG or its crops (see :meth:`vcf.preprocess.FrameTransform.decode_batch`).
+    JPEG or its crops (see :meth:`vcf.io.preprocess.FrameTransform.decode_batch`).
     """
 
     indices: list[int]
@@ -274,7 +280,7 @@ def features(
 
     ``from_video`` decodes ``VideoData/`` instead, with the frame selection of ``vcf frames`` (3D models
     always read videos, as clips); ``csv`` turns the videos of a ``video_path,feature_path`` CSV into one
-    ``.npy`` each. See :mod:`vcf.videofeatures`.
+    ``.npy`` each. See :mod:`vcf.stages.videofeatures`.
 
     Args:
         collection: Collection directory, or its name under ``rootpath`` (None with ``csv``).
@@ -316,7 +322,7 @@ def features(
 
     Returns:
         A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
-        :class:`vcf.videofeatures.CsvFeaturesResult`).
+        :class:`vcf.stages.videofeatures.CsvFeaturesResult`).
 
     Raises:
         VcfError: Missing index, malformed index line, unknown model or layer, weights that cannot be
@@ -325,7 +331,7 @@ def features(
     Example:
         >>> vcf.features("toydata", model="efficientnet_lite0", layers=["avgpool", "fc"])  # doctest: +SKIP
     """
-    from vcf.videofeatures import dispatch_features
+    from vcf.stages.videofeatures import dispatch_features
 
     if (fast_decode or decode_on_device) and (from_video or csv is not None):
         flag = "--fast-decode" if fast_decode else "--decode-on-device"
@@ -335,7 +341,7 @@ def features(
     if compile_model and (from_video or csv is not None or engine != "local"):
         raise VcfError("--compile applies to JPEG frames with the local engine")
 
-    # Video and CSV runs go to vcf.videofeatures; a frames run gets its model name and checked options back.
+    # Video and CSV runs go to vcf.stages.videofeatures; a frames run gets its model name and checked options back.
     dispatched, model = dispatch_features(
         collection,
         csv=csv,
@@ -709,4 +715,3 @@ __all__ = ["FeaturesResult", "feature_name", "features", "manifest_text"]
 
 
 # `vcf.features(...)` stays a call of the stage function once this module is imported.
-callable_stage(__name__)

@@ -12,9 +12,9 @@ from typing import Any
 
 import cv2
 
-from vcf import collection as layout
-from vcf._api import callable_stage
-from vcf.atomic import (
+from vcf.errors import OutputExistsError, VcfError
+from vcf.io import collection as layout
+from vcf.io.atomic import (
     OutputLock,
     clean_stale_temps,
     fsync_dir,
@@ -25,12 +25,11 @@ from vcf.atomic import (
     temp_sibling,
     writing,
 )
-from vcf.collection import Collection
-from vcf.errors import OutputExistsError, VcfError
+from vcf.io.collection import Collection
+from vcf.io.video import VideoError, decode_selected, resize_shorter_side
 from vcf.progress import ProgressCallback, Reporter
+from vcf.run.processes import TaskFailed, run_isolated
 from vcf.sampling import Sampling
-from vcf.video import VideoError, decode_selected, resize_shorter_side
-from vcf.workers import TaskFailed, run_isolated
 
 # Written inside each frame directory, last, before the directory is renamed into place: its presence
 # under the final name means the directory is complete. Old tools that list ``*.jpg`` ignore it.
@@ -251,7 +250,7 @@ def frames(
     settings = FrameSettings(Sampling(fps=fps, every=every, num_frames=num_frames), size=size, quality=quality)
     coll = layout.resolve_collection(collection, rootpath)
     if shard is not None or engine != "local" or ray_address is not None:
-        from vcf.shards import run_frames_job
+        from vcf.run.shards import run_frames_job
 
         return run_frames_job(
             coll,
@@ -362,4 +361,3 @@ def _write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, Vi
 
 
 # `vcf.frames(...)` stays a call of the stage function once this module is imported.
-callable_stage(__name__)

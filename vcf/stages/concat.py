@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vcf._api import callable_stage
-from vcf.atomic import OutputLock, clean_stale_temps
-from vcf.bigfile import BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
-from vcf.collection import resolve_collection
 from vcf.errors import VcfError
-from vcf.pool import RowReader
+from vcf.io.atomic import OutputLock, clean_stale_temps
+from vcf.io.bigfile import BigFile, BigFileWriter, chunk_rows, open_feature, reusable_output
+from vcf.io.collection import resolve_collection
 from vcf.progress import ProgressCallback, Reporter
+from vcf.stages.pool import RowReader
 
 # Example ids shown in a mismatch message, per side.
 EXAMPLES = 3
@@ -163,4 +162,3 @@ def concat(
 
 
 # `vcf.concat(...)` stays a call of the stage function once this module is imported.
-callable_stage(__name__)

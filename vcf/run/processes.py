@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from vcf.atomic import die_with_parent
+from vcf.io.atomic import die_with_parent
 
 
 @dataclass(frozen=True)

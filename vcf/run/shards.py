@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vcf import collection as layout
-from vcf.atomic import TMP_MARK, OutputLock, atomic_write_text, clean_stale_temps, remove_path
-from vcf.collection import Collection
 from vcf.errors import OutputExistsError, VcfError
+from vcf.io import collection as layout
+from vcf.io.atomic import TMP_MARK, OutputLock, atomic_write_text, clean_stale_temps, remove_path
+from vcf.io.collection import Collection
 from vcf.progress import ProgressCallback, Reporter
 
 if TYPE_CHECKING:  # torch is only loaded by the stages that need it
     import torch
 
-    from vcf.engine import Normalization
-    from vcf.features import ChunkedRun, FeaturesResult
-    from vcf.frames import FrameSettings, FramesResult, VideoFrames
-    from vcf.preprocess import FrameTransform
+    from vcf.io.preprocess import FrameTransform
+    from vcf.models.inference import Normalization
+    from vcf.stages.features import ChunkedRun, FeaturesResult
+    from vcf.stages.frames import FrameSettings, FramesResult, VideoFrames
 
 ENGINES = ("local", "ray")
 SHARD_DIR = ".vcf-shards"
@@ -90,7 +90,7 @@ def parse_scale_out(shard: str | Shard | None, engine: str, ray_address: str | N
     if ray_address and engine != "ray":
         raise VcfError("--ray-address needs --engine ray")
     if engine == "ray":
-        from vcf.ray_engine import require_ray
+        from vcf.run.ray_engine import require_ray
 
         require_ray()
     return None if shard is None else Shard.parse(shard)
@@ -172,18 +172,18 @@ def run_frames_job(
     video_timeout: float | None,
     progress: ProgressCallback | None,
 ) -> FramesResult:
-    """``vcf frames`` over one shard and/or on Ray (see :func:`vcf.frames.frames` for the arguments).
+    """``vcf frames`` over one shard and/or on Ray (see :func:`vcf.stages.frames.frames` for the arguments).
 
     A shard decodes its videos into the usual frame directories, then writes its part
     (``part.json``: the frames of each of its videos, its failures); the index files are written
     by :func:`merge`. Without a shard, the index files are written at the end as usual.
     """
-    from vcf import frames as stage
-    from vcf.workers import TaskFailed, run_isolated
+    from vcf.run.processes import TaskFailed, run_isolated
+    from vcf.stages import frames as stage
 
     spec = parse_scale_out(shard, engine, ray_address)
     if engine == "ray":
-        from vcf.ray_engine import connect
+        from vcf.run.ray_engine import connect
 
         connect(ray_address)  # before anything is shown or written: an unreachable cluster is a one-line error
     reporter = Reporter(progress)
@@ -227,7 +227,7 @@ def run_frames_job(
         reporter.total("videos", result.videos)
         reporter.advance("videos", result.skipped + len(failures) + len(naming))
         if engine == "ray":
-            from vcf.ray_engine import run_video_tasks
+            from vcf.run.ray_engine import run_video_tasks
 
             outcomes: Iterator[tuple[Any, Any]] = run_video_tasks(
                 tasks, timeout=video_timeout, workers=workers, address=ray_address
@@ -344,7 +344,7 @@ class ChunkPlan:
 
 def plan_chunks(count: int, owned: range, batch_size: int, chunk_size: int) -> list[ChunkPlan]:
     """The chunks and batches of the rows ``owned`` of a ``count``-row input (all rows: the single run's)."""
-    from vcf.engine import chunk_ranges, fixed_batches
+    from vcf.models.inference import chunk_ranges, fixed_batches
 
     by_chunk: dict[int, list[list[int]]] = {}
     for batch in fixed_batches(count, batch_size, chunk_size):
@@ -360,7 +360,7 @@ def plan_chunks(count: int, owned: range, batch_size: int, chunk_size: int) -> l
 
 @dataclass
 class FeaturesJob:
-    """What :func:`vcf.features.features` has set up, handed to a sharded or Ray run.
+    """What :func:`vcf.stages.features.features` has set up, handed to a sharded or Ray run.
 
     Attributes:
         coll: The collection.
@@ -416,7 +416,7 @@ def run_features_job(
     the local engine's, so either engine resumes the other's work). A shard writes a part BigFile per
     layer under ``FeatureData/.vcf-shards/<feature>/<K>-of-<N>/``; :func:`merge` assembles them.
     """
-    from vcf import features as stage
+    from vcf.stages import features as stage
 
     spec = None if shard is None else Shard.parse(shard)
     coll, result, ids = job.coll, job.result, job.ids
@@ -448,7 +448,7 @@ def run_features_job(
     todo = [number for number in range(len(plans)) if not run.is_done(number)]
     batches = [batch for number in todo for batch in plans[number].batches]
     if engine == "ray":
-        from vcf.ray_engine import feature_batches
+        from vcf.run.ray_engine import feature_batches
 
         outputs: Iterator[tuple[int, BatchOutput]] = feature_batches(
             [str(p) for p in job.paths],
@@ -509,7 +509,7 @@ def finished_part(result: FeaturesResult, parts: dict[str, Path]) -> FeaturesRes
 
 def write_empty_part(part: Path, manifest: dict[str, Any]) -> int:
     """Writes the part of a shard none of whose items could be read; returns its width, 0."""
-    from vcf.bigfile import BigFileWriter
+    from vcf.io.bigfile import BigFileWriter
 
     # Nothing to take the width from; merge skips empty parts, so any width does.
     with BigFileWriter(part, 1, overwrite=True, manifest=manifest):
@@ -522,7 +522,7 @@ def _shard_info(spec: Shard, owned: range, count: int) -> dict[str, Any]:
 
 
 def _read_part_manifest(part: Path) -> dict[str, Any] | None:
-    from vcf.atomic import read_manifest
+    from vcf.io.atomic import read_manifest
 
     return read_manifest(part) if part.is_dir() else None
 
@@ -537,8 +537,8 @@ def part_matches(part: Path, manifest: dict[str, Any], shard_info: dict[str, Any
 
 
 def _bigfile_ok(directory: Path) -> bool:
-    from vcf.bigfile import BigFile
     from vcf.errors import FeatureFileError
+    from vcf.io.bigfile import BigFile
 
     try:
         BigFile(directory)
@@ -557,8 +557,8 @@ def _write_part(run: ChunkedRun, layer: str, ids: Sequence[str], part: Path, man
 
 def _local_batches(job: FeaturesJob, batches: list[list[int]]) -> Iterator[tuple[int, BatchOutput]]:
     """Runs batches with the local engine's loader and model, in order."""
-    from vcf import features as stage
-    from vcf.engine import Inference
+    from vcf.models.inference import Inference
+    from vcf.stages import features as stage
 
     if not batches:
         return
@@ -579,7 +579,7 @@ def _save_chunks(
     reporter: Reporter,
 ) -> int:
     """Collects batch outputs (in any order) into chunks, keeps the owned rows, and saves each complete chunk."""
-    from vcf.features import ChunkBuffer
+    from vcf.stages.features import ChunkBuffer
 
     where = [(number, slot) for number in todo for slot in range(len(plans[number].batches))]
     waiting: dict[int, dict[int, BatchOutput]] = {number: {} for number in todo}
@@ -721,7 +721,7 @@ def _shard_count(root: Path, what: str) -> int:
 
 def _lock_state(locks: Iterable[Path]) -> str:
     """Why a shard has no part, from what its lock file says."""
-    from vcf.check import lock_owner
+    from vcf.stages.check import lock_owner
 
     state = "not run"
     for lock in locks:
@@ -743,7 +743,7 @@ def _missing_error(what: str, missing: list[str], command: str) -> VcfError:
 
 
 def _prepare_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
-    from vcf import frames as stage
+    from vcf.stages import frames as stage
 
     root = coll.shard_root / "frames"
     count = _shard_count(root, "frames")
@@ -792,7 +792,7 @@ def _prepare_feature(
 ) -> tuple[int, Callable[[], None]]:
     import hashlib
 
-    from vcf.bigfile import BigFile, BigFileWriter
+    from vcf.io.bigfile import BigFile, BigFileWriter
 
     root = feature_shard_root(coll) / name
     count = _shard_count(root, name)
@@ -800,8 +800,8 @@ def _prepare_feature(
     from_videos = any(((m or {}).get("input") or {}).get("source") == "videos" for m in manifests)
     # What the parts must have been made from: the index's rows, or (--from-video) the videos of VideoData.
     if from_videos:
-        from vcf.frames import _discover
-        from vcf.videofeatures import _videos_digest
+        from vcf.stages.frames import _discover
+        from vcf.stages.videofeatures import _videos_digest
 
         videos, _ = _discover(coll)
         input_sha, source = _videos_digest(coll, videos), "other videos (VideoData changed since)"
@@ -875,7 +875,7 @@ def _prepare_feature(
 
 def _tidy(root: Path) -> None:
     """Removes a shard directory once it holds only released locks and the shards' own failure lists."""
-    from vcf.check import lock_owner
+    from vcf.stages.check import lock_owner
 
     if not root.is_dir():
         return

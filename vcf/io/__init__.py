@@ -1,0 +1,1 @@
+"""Input and output: collection layout, atomic files, BigFiles, video decoding, preprocessing."""

@@ -1,0 +1,1 @@
+"""Execution: shard partition, isolated worker processes, engines."""
