@@ -48,9 +48,9 @@ def apply_knobs(knobs: dict) -> None:
     and in ``vcf.stages.videofeatures`` too when ``modules`` names it).
     """
     if "chunk" in knobs:
-        import vcf.stages.features
+        import vcf.stages.image_features
 
-        vcf.stages.features.CHUNK_SIZE = int(knobs["chunk"])
+        vcf.stages.image_features.CHUNK_SIZE = int(knobs["chunk"])
     if "eio_fsync" in knobs:
         target = int(knobs["eio_fsync"])
         real_fsync = os.fsync
@@ -78,9 +78,9 @@ def apply_knobs(knobs: dict) -> None:
 
         os.fsync = sleepy_fsync
     if "part_videos" in knobs:
-        import vcf.stages.videofeatures
+        import vcf.stages.from_video
 
-        vcf.stages.videofeatures.PART_VIDEOS = int(knobs["part_videos"])
+        vcf.stages.from_video.PART_VIDEOS = int(knobs["part_videos"])
     if "hang" in knobs or "crash" in knobs:
         import vcf.stages.frames
 

@@ -120,7 +120,8 @@ def test_other_settings_refuse_to_mix(framed_reference: Path) -> None:
 
 
 def test_resume_after_interruption_is_byte_identical(framed_reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vcf.stages.features as stage
+    import vcf.stages.image_features as stage
+    from vcf.run.store import WorkStore
 
     monkeypatch.setattr(stage, "CHUNK_SIZE", 4)
     whole = features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
@@ -131,19 +132,19 @@ def test_resume_after_interruption_is_byte_identical(framed_reference: Path, mon
     shutil.rmtree(directory)
 
     calls = {"n": 0}
-    original = stage.ChunkedRun.save_chunk
+    original = WorkStore.commit
 
-    def save_then_die(self, chunk, buffer, ids):  # type: ignore[no-untyped-def]
-        original(self, chunk, buffer, ids)
+    def save_then_die(self, *args):  # type: ignore[no-untyped-def]
+        original(self, *args)
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # the run dies after two of three chunks are saved
 
-    monkeypatch.setattr(stage.ChunkedRun, "save_chunk", save_then_die)
+    monkeypatch.setattr(WorkStore, "commit", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
     assert not directory.exists()
-    monkeypatch.setattr(stage.ChunkedRun, "save_chunk", original)
+    monkeypatch.setattr(WorkStore, "commit", original)
     resumed = features(framed_reference, model=TINY, precision="fp32", batch_size=2, workers=0)
     assert (resumed.reused, resumed.computed) == (8, 3)
     assert {name: (directory / name).read_bytes() for name in reference} == reference
@@ -240,7 +241,7 @@ def test_compiled_model_gives_the_same_features(framed_reference: Path) -> None:
 def test_light_models_move_decoding_to_loader_processes(
     framed_reference: Path, monkeypatch: pytest.MonkeyPatch, light: bool
 ) -> None:
-    import vcf.stages.features as feature_stage
+    import vcf.run.local as feature_stage
 
     root = framed_reference
     options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2}

@@ -20,9 +20,9 @@ import pytest
 from videos import write_index_video
 
 from vcf.progress import ProgressEvent
-from vcf.run.shards import merge
 from vcf.stages.features import features
 from vcf.stages.frames import frames
+from vcf.stages.merge import merge
 
 # Ray nodes bind to 127.0.0.1 only (Ray reads this when imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -116,7 +116,7 @@ def test_ray_frames_equal_local_despite_a_killed_decoder(local_ray: None, collec
     shutil.rmtree(collection / "ImageData")
 
     events: list[ProgressEvent] = []
-    with killing_one("_extract_video") as killed:
+    with killing_one("_run_task") as killed:
         result = frames(collection, engine="ray", every=1, progress=events.append)
     assert killed, "no decoder was seen at work"
     assert [item for item, _ in result.failures] == ["empty"] and result.extracted == 7

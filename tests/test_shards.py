@@ -10,13 +10,14 @@ import pytest
 from typer.testing import CliRunner
 from videos import write_index_video
 
-import vcf.stages.features as feature_stage
+import vcf.stages.image_features as feature_stage
 from vcf.cli import app
 from vcf.errors import VcfError
-from vcf.models.inference import fixed_batches
-from vcf.run.shards import Shard, merge, owned_rows, plan_chunks, split_balanced, video_key
+from vcf.run.partition import Shard, fixed_batches, owned_rows, plan_chunks, split_balanced, video_key
+from vcf.run.store import WorkStore
 from vcf.stages.features import features
 from vcf.stages.frames import frames
+from vcf.stages.merge import merge
 
 runner = CliRunner()
 TINY = "test_tiny2d"
@@ -200,18 +201,18 @@ def test_killed_feature_shard_resumes_and_missing_shards_are_listed(
     shutil.rmtree(framed / "FeatureData")
     run_features(framed, shard="0/3")
     calls = {"n": 0}
-    original = feature_stage.ChunkedRun.save_chunk
+    original = WorkStore.commit
 
-    def save_then_die(self, chunk, buffer, ids):  # type: ignore[no-untyped-def]
-        original(self, chunk, buffer, ids)
+    def save_then_die(self, *args):  # type: ignore[no-untyped-def]
+        original(self, *args)
         calls["n"] += 1
         if calls["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(feature_stage.ChunkedRun, "save_chunk", save_then_die)
+    monkeypatch.setattr(WorkStore, "commit", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_features(framed, shard="1/3")
-    monkeypatch.setattr(feature_stage.ChunkedRun, "save_chunk", original)
+    monkeypatch.setattr(WorkStore, "commit", original)
     with pytest.raises(VcfError, match=r"2 shard\(s\) not complete: 1/3 .*; 2/3 not run"):
         merge(framed, f"{TINY},avgpool")
     assert not (framed / "FeatureData" / f"{TINY},avgpool").exists()
@@ -298,13 +299,13 @@ def test_from_video_shards_merge_to_the_single_runs_bytes(multi: Path) -> None:
 
 
 def test_from_video_shard_resumes_and_merge_checks_the_videos(multi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vcf.stages.videofeatures as video_stage
+    import vcf.stages.from_video as video_stage
 
     run_from_video(multi)
     reference = feature_files(multi)
     shutil.rmtree(multi / "FeatureData")
     monkeypatch.setattr(video_stage, "PART_VIDEOS", 1)  # a part per finished video
-    original = video_stage._PartStore.flush
+    original = video_stage.VideoParts.flush
     calls = {"n": 0}
 
     def flush_then_die(self):  # type: ignore[no-untyped-def]
@@ -313,10 +314,10 @@ def test_from_video_shard_resumes_and_merge_checks_the_videos(multi: Path, monke
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(video_stage._PartStore, "flush", flush_then_die)
+    monkeypatch.setattr(video_stage.VideoParts, "flush", flush_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_from_video(multi, shard="0/2")
-    monkeypatch.setattr(video_stage._PartStore, "flush", original)
+    monkeypatch.setattr(video_stage.VideoParts, "flush", original)
     assert not (multi / "FeatureData" / ".vcf-shards" / f"{TINY},avgpool" / "0-of-2").exists()
     resumed = run_from_video(multi, shard="0/2")
     assert resumed.reused > 0 and resumed.computed > 0

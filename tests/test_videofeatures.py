@@ -15,6 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 from videos import read_index, write_index_video
 
+import vcf.stages.from_video as from_video
 import vcf.stages.videofeatures as vf
 from vcf.cli import app
 from vcf.errors import IndexFormatError, VcfError
@@ -22,6 +23,7 @@ from vcf.io.bigfile import BigFile
 from vcf.io.preprocess import FrameTransform, normalize
 from vcf.models import build_extractor, get_model
 from vcf.sampling import Sampling
+from vcf.stages.csv_features import read_feature_csv
 from vcf.stages.features import DEFAULT_MODEL, features
 from vcf.stages.frames import frames
 from vcf.stages.h5 import to_h5
@@ -68,7 +70,7 @@ def test_csv_parsing_tolerates_padding_extra_columns_and_relative_paths(tmp_path
         '"with space.mp4","out/with space.npy",extra\n'
     )
     (folder / "input.csv").write_text(text)
-    rows, bad = vf.read_feature_csv(folder / "input.csv")
+    rows, bad = read_feature_csv(folder / "input.csv")
     assert [(r.line, r.video, r.output) for r in rows] == [
         (2, folder / "a.mp4", folder / "out" / "a.npy"),
         (4, tmp_path / "b.avi", tmp_path / "feats" / "b.npy"),
@@ -83,9 +85,9 @@ def test_csv_header_must_name_both_columns(tmp_path: Path) -> None:
     path = tmp_path / "input.csv"
     path.write_text("\nvideo,feature_path\na.mp4,a.npy\n")
     with pytest.raises(IndexFormatError, match=r"input.csv:2: the header"):
-        vf.read_feature_csv(path)
+        read_feature_csv(path)
     with pytest.raises(VcfError, match="not found"):
-        vf.read_feature_csv(tmp_path / "missing.csv")
+        read_feature_csv(tmp_path / "missing.csv")
 
 
 @pytest.fixture
@@ -236,17 +238,17 @@ def test_from_video_with_decoder_processes_and_resume_is_byte_identical(
     for directory in whole.feature_dirs.values():
         shutil.rmtree(directory)
 
-    monkeypatch.setattr(vf, "PART_ROWS", 1)
-    original = vf._PartStore.flush
+    monkeypatch.setattr(from_video, "PART_ROWS", 1)
+    original = from_video.VideoParts.flush
 
     def flush_then_die(self):  # type: ignore[no-untyped-def]
         original(self)
         raise KeyboardInterrupt  # the run dies once the first video is saved
 
-    monkeypatch.setattr(vf._PartStore, "flush", flush_then_die)
+    monkeypatch.setattr(from_video.VideoParts, "flush", flush_then_die)
     with pytest.raises(KeyboardInterrupt):
         features(root, workers=0, **options)
-    monkeypatch.setattr(vf._PartStore, "flush", original)
+    monkeypatch.setattr(from_video.VideoParts, "flush", original)
     resumed = features(root, workers=2, **options)  # decoder processes this time
     assert resumed.reused > 0 and resumed.computed > 0 and resumed.reused + resumed.computed == len(names)
     for layer, directory in resumed.feature_dirs.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from vcf.version import __version__
 
 # Stage functions are imported lazily so that `import vcf` stays light (no torch until needed).
 _API = {
@@ -14,7 +14,7 @@ _API = {
     "concat": "vcf.stages.concat",
     "to_h5": "vcf.stages.h5",
     "check": "vcf.stages.check",
-    "merge": "vcf.run.shards",
+    "merge": "vcf.stages.merge",
 }
 
 __all__ = ["__version__", *_API]

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vcf import __version__
 from vcf.errors import VcfError
 from vcf.progress import ProgressEvent
+from vcf.version import __version__
 
 app = typer.Typer(
     name="vcf",

@@ -48,7 +48,7 @@ def merge_command(
         vcf merge toydata
         vcf merge toydata resnext101_32x48d_wsl,avgpool
     """
-    from vcf.run.shards import merge
+    from vcf.stages.merge import merge
 
     result = run_stage(merge, quiet, collection=collection, feature=feature, rootpath=rootpath)
     if quiet:

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,32 @@ class OutputLock:
         self.release()
 
 
+def lock_owner(path: Path) -> int | None:
+    """The pid of the process holding the POSIX record lock on ``path``, or None when nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        try:
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        except OSError:
+            return recorded_pid(path) if pid_alive(recorded_pid(path) or 0) else None
+        lock_type, _, _, _, pid = struct.unpack("hhqqi4x", answer)
+        return None if lock_type == fcntl.F_UNLCK else pid
+    finally:
+        os.close(fd)
+
+
+def recorded_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     """The manifest of an output directory, or None if it has none."""
     path = directory / MANIFEST_NAME
@@ -207,7 +234,7 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 def manifest_text(manifest: dict[str, Any]) -> str:
     """Stable JSON text of a manifest: same settings, same bytes."""
-    from vcf import __version__
+    from vcf.version import __version__
 
     return json.dumps({"vcf_version": __version__, **manifest}, indent=2, sort_keys=True) + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -13,6 +14,14 @@ from vcf.io.atomic import atomic_write_text
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".webm", ".gif", ".mkv", ".mov", ".mpg", ".m4v", ".flv"})
 DEFAULT_ROOTPATH = "~/VisualSearch"
 ROOTPATH_ENV = "VCF_ROOTPATH"
+# Written inside each frame directory, last, before the directory is renamed into place: its presence
+# under the final name means the directory is complete. Old tools that list ``*.jpg`` ignore it.
+FRAME_META = ".vcf-frames.json"
+FRAMES_LOCK = ".vcf-frames.lock"
+SHARD_DIR = ".vcf-shards"
+WORK_PREFIX = ".vcf-work-"
+FEATURES_LOCK_PREFIX = ".vcf-features-"
+PART_RECORD = "part.json"
 
 
 def default_rootpath() -> Path:
@@ -98,10 +107,70 @@ class Collection:
             return []
         return sorted(p.name for p in self.feature_root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
+    # Locks, unfinished work and shard parts ------------------------------------------------------
     @property
     def shard_root(self) -> Path:
         """Where ``--shard K/N`` runs keep their parts until ``vcf merge``."""
-        return self.root / ".vcf-shards"
+        return self.root / SHARD_DIR
+
+    @property
+    def frames_lock(self) -> Path:
+        return self.root / FRAMES_LOCK
+
+    @property
+    def frames_shard_root(self) -> Path:
+        """Where the shards of ``vcf frames`` write their parts: ``.vcf-shards/frames/``."""
+        return self.shard_root / "frames"
+
+    def frames_part_dir(self, shard: str) -> Path:
+        """The part of frames shard ``shard`` (``<K>-of-<N>``): ``.vcf-shards/frames/<K>-of-<N>/``."""
+        return self.frames_shard_root / shard
+
+    def frames_shard_lock(self, shard: str) -> Path:
+        return self.frames_shard_root / f".{shard}.lock"
+
+    @property
+    def feature_shard_root(self) -> Path:
+        """Where ``vcf features --shard`` keeps its parts and work: ``FeatureData/.vcf-shards/``."""
+        return self.feature_root / SHARD_DIR
+
+    def feature_part_dir(self, feature: str, shard: str) -> Path:
+        """The part BigFile of one feature written by one shard: ``FeatureData/.vcf-shards/<feature>/<K>-of-<N>/``."""
+        self.feature_dir(feature)  # validates the name
+        return self.feature_shard_root / feature / shard
+
+    def features_lock(self, key: str, shard: str | None = None) -> Path:
+        """The lock of a features run: one per output set, and one per shard so that shards run at once."""
+        if shard is None:
+            return self.feature_root / f"{FEATURES_LOCK_PREFIX}{key}.lock"
+        return self.feature_shard_root / f"{FEATURES_LOCK_PREFIX}{key}-{shard}.lock"
+
+    def features_locks(self, shard: str | None = None) -> list[Path]:
+        """The features locks present (of shard runs when ``shard`` is given: ``*`` for any)."""
+        if shard is None:
+            return list(self.feature_root.glob(f"{FEATURES_LOCK_PREFIX}*.lock"))
+        return list(self.feature_shard_root.glob(f"{FEATURES_LOCK_PREFIX}*-{shard}.lock"))
+
+    def work_dir(self, key: str, shard: str | None = None) -> Path:
+        """The resumable work of a features run: ``FeatureData/.vcf-work-<key>/`` (a shard's under its root)."""
+        if shard is None:
+            return self.feature_root / f"{WORK_PREFIX}{key}"
+        return self.feature_shard_root / f".work-{key}-{shard}"
+
+    def shard_failures_file(self, shard: str) -> Path:
+        """Where a features shard lists its failures: ``FeatureData/.vcf-shards/features.<K>-of-<N>.failures.txt``."""
+        return self.feature_shard_root / f"features.{shard}.failures.txt"
+
+
+def csv_failures_path(csv: str | os.PathLike[str], shard: str | None = None) -> Path:
+    """Where a CSV run lists its failures: ``<csv stem>.failures.txt`` next to the CSV.
+
+    Shard K of N uses ``<csv stem>.<K>-of-<N>.failures.txt``, so that shards never write the same file.
+    """
+    path = Path(csv).expanduser()
+    if shard is not None:
+        return path.with_name(f"{path.stem}.{shard}.failures.txt")
+    return path.with_name(f"{path.stem}.failures.txt")
 
 
 def resolve_collection(
@@ -248,3 +317,16 @@ def write_failures(path: Path, failures: Iterable[tuple[str, str]]) -> None:
         atomic_write_text(path, "".join(f"{item} {' '.join(reason.split())}\n" for item, reason in failures))
     elif path.exists():
         path.unlink()
+
+
+def videos_digest(coll: Collection, videos: dict[str, Path]) -> str:
+    """Identifies the videos read: ids, paths, sizes and modification times."""
+    digest = hashlib.sha256()
+    for video, path in videos.items():
+        try:
+            stat = path.stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:  # e.g. a broken link: the video fails when decoded, the run goes on
+            size = mtime = -1
+        digest.update(f"{video}\t{path.relative_to(coll.root)}\t{size}\t{mtime}\n".encode())
+    return digest.hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,16 +131,3 @@ class Inference:
                     value = value.view(-1, views, value.shape[1]).mean(1)
                 result[layer] = value.cpu().numpy()
             return result
-
-
-def fixed_batches(count: int, batch_size: int, chunk_size: int) -> Iterator[list[int]]:
-    """Index lists of the batches: fixed ranges inside fixed chunks, so a resumed run computes the same batches."""
-    for chunk_start in range(0, count, chunk_size):
-        chunk_end = min(count, chunk_start + chunk_size)
-        for start in range(chunk_start, chunk_end, batch_size):
-            yield list(range(start, min(chunk_end, start + batch_size)))
-
-
-def chunk_ranges(count: int, chunk_size: int) -> Sequence[range]:
-    """The chunks of ``count`` inputs: the unit of resumption."""
-    return [range(s, min(count, s + chunk_size)) for s in range(0, count, chunk_size)]

@@ -106,6 +106,48 @@ class WeightsSource:
     builtin: bool = False
 
 
+@dataclass(frozen=True)
+class ModelKind:
+    """What a kind of model reads and how it is run.
+
+    Attributes:
+        name: ``2d`` or ``3d``.
+        item: What one input is and one output row describes: ``frames`` or ``clips`` (also the progress task).
+        rank: Dimensions of a model input batch: 4 (B, 3, H, W) or 5 (B, 3, T, H, W).
+        default_model: The model used when only the kind is given.
+        reads_videos: Its inputs come from videos (clips), never from frame files.
+        channels_last: Run with the channels-last memory format (a 4-d format 5-d weights do not accept).
+    """
+
+    name: str
+    item: str
+    rank: int
+    default_model: str
+    reads_videos: bool
+    channels_last: bool
+
+
+# r2plus1d_18 is the best of torchvision's Kinetics-400 ResNet-18 video models and downloads like any other
+# model; Hara's resnext101_3d_kinetics (the older tools' 3D model) needs its checkpoint passed with --weights.
+KINDS = {
+    "2d": ModelKind("2d", "frames", 4, "resnext101_32x48d_wsl", reads_videos=False, channels_last=True),
+    "3d": ModelKind("3d", "clips", 5, "r2plus1d_18", reads_videos=True, channels_last=False),
+}
+
+
+def model_kind(name: str | None) -> ModelKind:
+    """The kind named ``name`` (None: 2d).
+
+    Raises:
+        VcfError: Not a kind of :data:`KINDS`.
+    """
+    if name is None:
+        return KINDS["2d"]
+    if name not in KINDS:
+        raise ModelError(f"unknown --type {name!r}; use {' or '.join(KINDS)}")
+    return KINDS[name]
+
+
 @dataclass(frozen=True, eq=False)
 class ModelRecord:
     """Everything vcf knows about one model.
@@ -140,21 +182,25 @@ class ModelRecord:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("2d", "3d"):
-            raise ModelError(f"model {self.name}: kind must be '2d' or '3d', not {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ModelError(f"model {self.name}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         object.__setattr__(self, "layers", dict(self.layers))
         if self.default_layer not in self.layers:
             raise ModelError(f"model {self.name}: default layer {self.default_layer} is not one of its layers")
-        if self.kind == "3d" and not self.clip_len:
-            raise ModelError(f"model {self.name}: a 3d model needs clip_len")
+        if self.kind_info.reads_videos and not self.clip_len:
+            raise ModelError(f"model {self.name}: a {self.kind} model needs clip_len")
+
+    @property
+    def kind_info(self) -> ModelKind:
+        """The properties of this model's kind."""
+        return KINDS[self.kind]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input sample: (3, crop, crop) or (3, clip_len, crop, crop)."""
         crop = self.preprocess.crop
-        if self.kind == "3d":
-            return (3, int(self.clip_len or 0), crop, crop)
-        return (3, crop, crop)
+        frames = (int(self.clip_len or 0),) if self.kind_info.rank == 5 else ()
+        return (3, *frames, crop, crop)
 
     def resolve_layer(self, layer: str) -> str:
         """The canonical name of ``layer`` (``logits`` is ``fc``).

@@ -1,7 +1,13 @@
-"""A process pool that isolates each task: a hang (timeout) or a native crash fails one item, not the run."""
+"""One isolated process pool: a hung (timeout) or crashed worker fails its one task, never the run.
+
+A task's function may return a value or be a generator: its items stream back as they come (one message
+ahead at most, so memory stays bounded), and the timeout then counts silence rather than the whole task.
+Workers die with the parent process.
+"""
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
 import time
@@ -22,13 +28,17 @@ class TaskFailed:
     reason: str
 
 
-class _TaskStarted:
-    """Sent by a worker as it begins a task: the timeout counts from there, not from the worker's start-up."""
-
-
 # A replacement worker may need this long to start (spawn, imports) on a busy machine before its task's
 # own timeout begins.
 STARTUP_GRACE = 120.0
+HUNG = "timed out after {timeout:g} s (decoder hung)"
+SILENT = "timed out: nothing decoded for {timeout:g} s (decoder hung)"
+
+
+def _reason(exc: BaseException) -> str:
+    if os.environ.get("VCF_DEBUG"):
+        return traceback.format_exc()
+    return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
 
 
 def _worker_loop(
@@ -40,18 +50,25 @@ def _worker_loop(
     while True:
         try:
             task = connection.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if task is None:
             return
-        connection.send(_TaskStarted)
         try:
-            result: Any = function(task)
-        except Exception as exc:  # a task's own error is data: it is reported, the worker goes on
-            result = TaskFailed(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
-            if os.environ.get("VCF_DEBUG"):
-                result = TaskFailed(traceback.format_exc())
-        connection.send(result)
+            connection.send(("started", None))
+            try:
+                result = function(task)
+                if inspect.isgenerator(result):
+                    for item in result:
+                        connection.send(("item", item))
+                else:
+                    connection.send(("item", result))
+                message: tuple[str, Any] = ("done", None)
+            except Exception as exc:  # a task's own error is data: it is reported, the worker goes on
+                message = ("error", _reason(exc))
+            connection.send(message)
+        except (BrokenPipeError, OSError):
+            return
 
 
 class _Worker:
@@ -62,19 +79,20 @@ class _Worker:
         self.process.start()
         child_end.close()
         self.task: Any = None
-        self.started = 0.0
+        self.busy = False
+        self.active = 0.0
         self.running = False
 
     def submit(self, task: Any) -> None:
-        self.task = task
-        self.started = time.monotonic()
+        self.task, self.busy = task, True
+        self.active = time.monotonic()
         self.running = False
         self.connection.send(task)
 
     def deadline(self, timeout: float) -> float:
-        return self.started + timeout + (0.0 if self.running else STARTUP_GRACE)
+        return self.active + timeout + (0.0 if self.running else STARTUP_GRACE)
 
-    def receive(self) -> Any:
+    def receive(self) -> tuple[str, Any] | None:
         """The next message, or None when there is none or the worker is gone."""
         try:
             return self.connection.recv() if self.connection.poll() else None
@@ -96,6 +114,91 @@ class _Worker:
         self.connection.close()
 
 
+def stream_isolated(
+    function: Callable[[Any], Any],
+    tasks: Iterable[Any],
+    *,
+    workers: int,
+    timeout: float | None = None,
+    initializer: Callable[[], None] | None = None,
+    context: str = "spawn",
+    preload: list[str] | None = None,
+    wanted: Callable[[Any], bool] | None = None,
+    hung: str = SILENT,
+) -> Iterator[tuple[Any, str, Any]]:
+    """Runs ``function`` over ``tasks`` in worker processes; yields events as they come.
+
+    Events: ``(task, "item", value)`` for each value a task produces (its return value, or each item of a
+    generator), ``(task, "done", None)`` when it ends, ``(task, "failed", reason)`` when it raised, went
+    ``timeout`` seconds without a message (``hung`` names it), or its worker died (the worker is replaced),
+    and ``(task, "skipped", None)`` for a task ``wanted`` declined just before it would have started.
+
+    Args:
+        function: A picklable module-level function of one argument.
+        tasks: The tasks (picklable), taken in order as workers free up.
+        workers: Number of worker processes (>= 1).
+        timeout: Seconds a task may go without a message; None for no limit.
+        initializer: Called once in each worker before its first task.
+        context: The multiprocessing start method (``spawn`` or ``forkserver``).
+        preload: Modules the fork server imports once for all workers.
+        wanted: Asked just before a task starts.
+        hung: The failure reason of a timed-out task (``{timeout}`` is filled in).
+    """
+    start = multiprocessing.get_context(context)
+    if preload is not None:
+        start.set_forkserver_preload(preload)  # type: ignore[attr-defined]
+    pending = deque(tasks)
+    pool = [_Worker(start, function, initializer) for _ in range(max(1, min(workers, len(pending))))]
+    try:
+        while True:
+            for worker in pool:
+                while not worker.busy and pending:
+                    task = pending.popleft()
+                    if wanted is not None and not wanted(task):
+                        yield task, "skipped", None
+                    else:
+                        worker.submit(task)
+            busy = [w for w in pool if w.busy]
+            if not busy:
+                return
+            left = None
+            if timeout is not None:
+                left = max(0.0, min(w.deadline(timeout) for w in busy) - time.monotonic())
+            ready = wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout=left)
+            for slot, worker in enumerate(pool):
+                if not worker.busy:
+                    continue
+                task = worker.task
+                if worker.connection in ready or worker.process.sentinel in ready:
+                    message = worker.receive()
+                    if message is None and worker.process.is_alive() and worker.connection in ready:
+                        continue
+                    if message is None:
+                        code = worker.process.exitcode
+                        worker.stop(kill=True)
+                        pool[slot] = _Worker(start, function, initializer)
+                        yield task, "failed", f"decoder process crashed (exit code {code})"
+                        continue
+                    kind, payload = message
+                    worker.active, worker.running = time.monotonic(), True
+                    if kind == "started":
+                        continue
+                    if kind != "item":
+                        worker.busy = False
+                    yield task, "failed" if kind == "error" else kind, payload
+                elif timeout is not None and time.monotonic() > worker.deadline(timeout):
+                    started = worker.running
+                    worker.stop(kill=True)
+                    pool[slot] = _Worker(start, function, initializer)
+                    if started:
+                        yield task, "failed", hung.format(timeout=timeout)
+                    else:
+                        yield task, "failed", f"worker process did not start within {STARTUP_GRACE + timeout:g} s"
+    finally:
+        for worker in pool:
+            worker.stop(kill=worker.busy)
+
+
 def run_isolated(
     function: Callable[[Any], Any],
     tasks: Iterable[Any],
@@ -104,70 +207,19 @@ def run_isolated(
     timeout: float | None = None,
     initializer: Callable[[], None] | None = None,
 ) -> Iterator[tuple[Any, Any]]:
-    """Runs ``function`` over ``tasks`` in worker processes; yields ``(task, result)`` as they finish.
+    """Runs ``function`` over ``tasks`` in isolated worker processes; yields ``(task, result)`` as they finish.
 
     A task that raises yields a :class:`TaskFailed` with the message; a task running longer than
-    ``timeout`` seconds, or whose worker dies (segfault, OOM kill), yields a TaskFailed and its worker
-    is replaced. Workers are started with the ``spawn`` method (no inherited threads or locks) and
-    die with the parent process.
-
-    Args:
-        function: A picklable module-level function of one argument.
-        tasks: The tasks (picklable).
-        workers: Number of worker processes (>= 1).
-        timeout: Seconds one task may take; None for no limit.
-        initializer: Called once in each worker before its first task.
+    ``timeout`` seconds, or whose worker dies (segfault, OOM kill), yields a TaskFailed and its worker is
+    replaced. Workers are started with the ``spawn`` method (no inherited threads or locks).
     """
-    context = multiprocessing.get_context("spawn")
-    pending = deque(tasks)
-    pool = [_Worker(context, function, initializer) for _ in range(max(1, min(workers, len(pending))))]
-    idle = list(pool)
-    busy: dict[Connection, _Worker] = {}
-    try:
-        while pending or busy:
-            while idle and pending:
-                worker = idle.pop()
-                worker.submit(pending.popleft())
-                busy[worker.connection] = worker
-            wait_for = None
-            if timeout is not None:
-                wait_for = max(0.0, min(w.deadline(timeout) for w in busy.values()) - time.monotonic())
-            sentinels = {w.process.sentinel: w for w in busy.values()}
-            ready = wait([*busy.keys(), *sentinels.keys()], timeout=wait_for)
-            finished: set[int] = set()
-            for item in ready:
-                worker = busy.get(item) if isinstance(item, Connection) else sentinels.get(item)  # type: ignore[arg-type]
-                if worker is None or id(worker) in finished:
-                    continue
-                result = worker.receive()
-                if result is _TaskStarted:
-                    worker.started, worker.running = time.monotonic(), True
-                    if not worker.connection.poll():
-                        continue
-                    result = worker.receive()
-                finished.add(id(worker))
-                del busy[worker.connection]
-                if result is None:
-                    code = worker.process.exitcode
-                    worker.stop(kill=True)
-                    yield worker.task, TaskFailed(f"decoder process crashed (exit code {code})")
-                    worker = _Worker(context, function, initializer)
-                else:
-                    yield worker.task, result
-                idle.append(worker)
-            if timeout is not None:
-                now = time.monotonic()
-                for connection, worker in list(busy.items()):
-                    if now > worker.deadline(timeout):
-                        del busy[connection]
-                        worker.stop(kill=True)
-                        reason = (
-                            f"timed out after {timeout:g} s (decoder hung)"
-                            if worker.running
-                            else f"worker process did not start within {STARTUP_GRACE + timeout:g} s"
-                        )
-                        yield worker.task, TaskFailed(reason)
-                        idle.append(_Worker(context, function, initializer))
-    finally:
-        for worker in [*idle, *busy.values()]:
-            worker.stop(kill=bool(busy))
+    results: dict[int, Any] = {}
+    for task, kind, payload in stream_isolated(
+        function, tasks, workers=workers, timeout=timeout, initializer=initializer, hung=HUNG
+    ):
+        if kind == "item":
+            results[id(task)] = payload
+        elif kind == "done":
+            yield task, results.pop(id(task))
+        else:
+            yield task, TaskFailed(str(payload))

@@ -100,25 +100,27 @@ def _alive_nodes() -> int:
 # Frames ------------------------------------------------------------------------------------------
 
 
-def _extract_video(task: Any) -> Any:
-    """One video to its frame directory, in a Ray worker; a video's own error is returned, not raised."""
+def _run_task(function: Callable[[Any], Any], initializer: Callable[[], None] | None, task: Any) -> Any:
+    """One task in a Ray worker; the task's own error is returned, not raised."""
     from vcf.run.processes import TaskFailed
-    from vcf.run.shards import _remove_temps_of
-    from vcf.stages import frames as stage
 
-    stage._init_decoder_process()
-    # A retried task: the attempt that was killed left its temporary directory behind.
-    _remove_temps_of(task.final_dir.parent, [task.video_id])
+    if initializer is not None:
+        initializer()
     try:
-        return stage._extract_one(task)
-    except Exception as exc:  # as in the local pool: one bad video is data, not a dead run
+        return function(task)
+    except Exception as exc:  # as in the local pool: one bad unit is data, not a dead run
         return TaskFailed(f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
 
 
-def run_video_tasks(
-    tasks: Sequence[Any], *, timeout: float | None, workers: int | None, address: str | None
+def run_tasks(
+    function: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    *,
+    timeout: float | None,
+    workers: int | None,
+    initializer: Callable[[], None] | None = None,
 ) -> Iterator[tuple[Any, Any]]:
-    """Runs ``vcf frames`` tasks as Ray tasks; yields ``(task, VideoFrames | TaskFailed)`` as they finish.
+    """Runs ``function`` over ``tasks`` as Ray tasks; yields ``(task, result | TaskFailed)`` as they finish.
 
     At most ``workers`` (default: the cluster's CPUs) videos are in flight, so a task starts about
     when it is submitted and ``timeout`` counts from then. A task whose worker dies is retried
@@ -126,18 +128,18 @@ def run_video_tasks(
     """
     from vcf.run.processes import TaskFailed
 
-    ray = connect(address)
+    ray = require_ray()
     inflight: dict[Any, tuple[Any, float]] = {}
     try:
         pending = list(reversed(tasks))
         if not pending:
             return
         window = workers or max(1, int(_cluster().get("CPU", 1)))
-        remote = ray.remote(_extract_video).options(num_cpus=1, max_retries=MAX_RETRIES)
+        remote = ray.remote(_run_task).options(num_cpus=1, max_retries=MAX_RETRIES)
         while pending or inflight:
             while pending and len(inflight) < window:
                 task = pending.pop()
-                inflight[remote.remote(task)] = (task, time.monotonic())
+                inflight[remote.remote(function, initializer, task)] = (task, time.monotonic())
             wait_for = None
             if timeout is not None:
                 oldest = min(started for _, started in inflight.values())
@@ -162,7 +164,6 @@ def run_video_tasks(
     finally:
         for ref in inflight:
             ray.cancel(ref, force=True)
-        release()
 
 
 # Features ----------------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def _preprocess_batch(paths: list[str], indices: list[int], transform: Any) -> t
     import cv2
     import torch
 
-    from vcf.stages.features import ImageDataset, collate
+    from vcf.run.local import ImageDataset, collate
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -297,49 +298,30 @@ class _ModelActor:
         return numbers, inference(pixels, views)
 
 
-def feature_batches(
-    paths: Sequence[str],
-    batches: Sequence[list[int]],
-    *,
-    transform: Any,
-    extractor: Any,
-    normalization: Any,
-    device: Any,
-    precision: str,
-    address: str | None,
-    actors: int | None = None,
-) -> Iterator[tuple[int, tuple[list[int], Any, list]]]:
-    """Computes batches on Ray; yields ``(position in batches, (indices, {layer: array} or None, failures))``.
+def feature_batches(job: Any, batches: Sequence[list[int]], actors: int | None = None) -> Iterator[tuple[int, Any]]:
+    """Computes batches of an :class:`~vcf.run.jobs.ImageJob` on Ray; yields ``(position in batches, (indices,
+    {layer: array} or None, failures))``.
 
     Each batch is read and preprocessed by a Ray task on any CPU, then run by one of the model
     actors (one per GPU of the cluster, or one per node on CPUs). At most a few batches per actor
     are in flight, so memory stays bounded whatever the input size. Preprocessing tasks and actors
     that die are retried and restarted :data:`MAX_RETRIES` times; batches finish in any order.
 
-    Args:
-        paths: Image path of every input row.
-        batches: Row numbers of each batch to compute.
-        transform: The preprocessing.
-        extractor: The model (on the CPU); put once in the object store for every actor.
-        normalization: Applied on the device.
-        device: ``cuda`` (one GPU per actor) or ``cpu``.
-        precision: Resolved precision.
-        address: The Ray cluster, or None for Ray's default.
-        actors: Number of model actors (default: the cluster's GPUs, or its nodes on CPUs).
-
     Raises:
         VcfError: A batch still fails after the retries; the chunks saved so far are kept.
     """
-    ray = connect(address)
+    paths = [str(p) for p in job.paths]
+    transform = job.transform
+    ray = require_ray()
     inflight: dict[Any, tuple[int, int]] = {}
     pool: list[Any] = []
     try:
         if not batches:
             return
         resources = _cluster()
-        pool = _model_actors(device, actors, normalization, precision, channels_last=True)
+        pool = _model_actors(job.device, actors, job.normalization, job.precision, channels_last=True)
         count = len(pool)
-        model = ray.put(extractor)
+        model = ray.put(job.extractor)
         preprocess = ray.remote(_preprocess_batch).options(num_cpus=1, max_retries=MAX_RETRIES)
         window = 2 * count + max(1, int(resources.get("CPU", 1)))
         load = [0] * count
@@ -368,7 +350,6 @@ def feature_batches(
     finally:
         for actor_handle in pool:  # kills their pending calls too
             ray.kill(actor_handle)
-        release()
 
 
 # Videos ------------------------------------------------------------------------------------------
@@ -381,7 +362,7 @@ class _VideoFailed(Exception):
     """One video's own decoding error, raised in its decoding task so that it fails that video alone."""
 
 
-def _decode_batches(path: str, spec: Any) -> Iterator[tuple[list[int], np.ndarray]]:
+def _decode_batches(path: str, decode: Callable[..., Any], spec: Any) -> Iterator[tuple[list[int], np.ndarray]]:
     """A Ray generator task: one video's model inputs, ``spec.batch_size`` items at a time, in frame order.
 
     The batches are those of the local engine (items 0..B-1, B..2B-1, ...), so the model sees the same
@@ -390,24 +371,21 @@ def _decode_batches(path: str, spec: Any) -> Iterator[tuple[list[int], np.ndarra
     import cv2
     import torch
 
-    from vcf.io.video import VideoError
-    from vcf.stages.videofeatures import decode_items
+    from vcf.run.local import video_error_reason
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     numbers: list[int] = []
     items: list[np.ndarray] = []
     try:
-        for number, item in decode_items(Path(path), spec):
+        for number, item in decode(Path(path), spec):
             numbers.append(number)
             items.append(item.numpy())
             if len(numbers) == spec.batch_size:
                 yield numbers, np.stack(items)
                 numbers, items = [], []
-    except VideoError as exc:
-        raise _VideoFailed(str(exc)) from None
     except Exception as exc:  # any decoder surprise fails one video, not the run
-        raise _VideoFailed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+        raise _VideoFailed(video_error_reason(exc)) from None
     if numbers:
         yield numbers, np.stack(items)
 
@@ -425,22 +403,15 @@ class _Video:
 
 
 def video_rows(
+    job: Any,
     paths: Sequence[Path],
-    spec: Any,
     *,
-    extractor: Any,
-    normalization: Any,
-    device: Any,
-    precision: str,
-    channels_last: bool,
-    timeout: float | None,
-    workers: int | None,
-    address: str | None,
     wanted: Callable[[int], bool] | None = None,
     on_items: Callable[[int], None] | None = None,
     actors: int | None = None,
 ) -> Iterator[tuple[int, Any, str | None]]:
-    """Computes videos on Ray: decoding tasks stream each video's batches to the model actors.
+    """Computes the videos of a :class:`~vcf.run.jobs.VideoJob` on Ray: decoding tasks stream each video's
+    batches to the model actors.
 
     Yields, as videos finish, ``(index in paths, VideoRows, None)`` for a computed video,
     ``(index, None, reason)`` for one that failed and ``(index, None, None)`` for one ``wanted`` declined
@@ -453,9 +424,10 @@ def video_rows(
     Raises:
         VcfError: A model actor still fails after its restarts; the videos yielded so far are the caller's.
     """
-    from vcf.stages.videofeatures import VideoRows
+    from vcf.run.jobs import VideoRows
 
-    ray = connect(address)
+    spec, timeout, workers = job.spec, job.timeout, job.workers
+    ray = require_ray()
     pool: list[Any] = []
     videos: dict[int, _Video] = {}
     inflight: dict[Any, tuple[int, int, int]] = {}  # infer ref -> (video, batch number, actor)
@@ -463,16 +435,15 @@ def video_rows(
         if not paths:
             return
         resources = _cluster()
-        pool = _model_actors(device, actors, normalization, precision, channels_last)
-        model = ray.put(extractor)
+        pool = _model_actors(job.device, actors, job.normalization, job.precision, job.channels_last)
+        model = ray.put(job.extractor)
         decode = ray.remote(_decode_batches).options(
             num_cpus=1, max_retries=MAX_RETRIES, _generator_backpressure_num_objects=DECODE_AHEAD
         )
         window = workers or max(1, int(resources.get("CPU", 1)))
         infer_window = 2 * len(pool) + window
         load = [0] * len(pool)
-        views = 1 if spec.clips is not None else spec.transform().views
-        clips = spec.clips is not None
+        views, clips = job.views, job.clips
         queue = list(reversed(range(len(paths))))
 
         def settle(video: _Video) -> Iterator[tuple[int, Any, str | None]]:
@@ -506,7 +477,7 @@ def video_rows(
                 if wanted is not None and not wanted(task):
                     yield task, None, None
                     continue
-                videos[task] = _Video(task, decode.remote(str(paths[task]), spec), time.monotonic())
+                videos[task] = _Video(task, decode.remote(str(paths[task]), job.decode, spec), time.monotonic())
             now = time.monotonic()
             streams = [v.stream for v in videos.values() if v.stream is not None]
             if len(inflight) >= infer_window:
@@ -571,4 +542,3 @@ def video_rows(
                     ray.cancel(video.stream, force=True)
         for actor_handle in pool:  # kills their pending calls too
             ray.kill(actor_handle)
-        release()

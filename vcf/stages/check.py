@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
 import os
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +16,15 @@ import numpy as np
 
 from vcf.errors import CollectionError, FeatureFileError, VcfError
 from vcf.io import collection as layout
-from vcf.io.atomic import MANIFEST_NAME, TMP_MARK, pid_alive, read_manifest
+from vcf.io.atomic import MANIFEST_NAME, TMP_MARK, lock_owner, pid_alive, read_manifest, recorded_pid
 from vcf.io.bigfile import BigFile
-from vcf.io.collection import Collection
+from vcf.io.collection import FRAME_META, WORK_PREFIX, Collection
 from vcf.progress import ProgressCallback, Reporter
-from vcf.stages.frames import FRAME_META
+from vcf.run.store import count_parts
+from vcf.stages.merge import MergeResult, has_parts, plan_feature, plan_frames
 
 # Per kind of problem, this many items are named one by one; the rest are counted in one line.
 DETAIL_LIMIT = 20
-# vcf.stages.features.WORK_PREFIX, not imported from there because that would load torch.
-WORK_PREFIX = ".vcf-work-"
 JPEG_START = b"\xff\xd8"
 JPEG_END = b"\xff\xd9"
 
@@ -169,32 +166,6 @@ def _read_lines(path: Path) -> list[str]:
 # Leftovers of killed runs ------------------------------------------------------------------------
 
 
-def lock_owner(path: Path) -> int | None:
-    """The pid of the process holding the POSIX record lock on ``path``, or None when nobody holds it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        try:
-            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
-        except OSError:
-            return _recorded_pid(path) if pid_alive(_recorded_pid(path) or 0) else None
-        lock_type, _, _, _, pid = struct.unpack("hhqqi4x", answer)
-        return None if lock_type == fcntl.F_UNLCK else pid
-    finally:
-        os.close(fd)
-
-
-def _recorded_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _scan_dirs(coll: Collection) -> Iterable[Path]:
     yield coll.root
     subdirs = (coll.image_dir, coll.feature_root, coll.root / "H5Data", coll.videoset_file.parent)
@@ -224,7 +195,7 @@ def _check_leftovers(coll: Collection, findings: _Findings) -> None:
                     )
             elif name.startswith(".") and name.endswith(".lock") and entry.is_file():
                 owner = lock_owner(entry)
-                recorded = _recorded_pid(entry)
+                recorded = recorded_pid(entry)
                 if owner is not None:
                     findings.note(where, f"held by running process {owner}")
                 elif recorded is not None:
@@ -240,12 +211,11 @@ def _check_leftovers(coll: Collection, findings: _Findings) -> None:
 
 def _check_work_dir(coll: Collection, work: Path, findings: _Findings) -> None:
     """An unfinished ``features`` run: reports how far it got."""
-    locks = [p for p in coll.feature_root.glob(".vcf-features-*.lock") if lock_owner(p) is not None]
+    locks = [p for p in coll.features_locks() if lock_owner(p) is not None]
     if locks:
         findings.note(_rel(coll, work), "work directory of a features run in progress")
         return
-    # Frames runs save chunk-<k>.npz files, --from-video runs part-<k>.json records.
-    done = len(list(work.glob("chunk-*.npz"))) + len(list(work.glob("part-*.json")))
+    done = count_parts(work)
     of = ""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         settings = json.loads((work / "settings.json").read_text(encoding="utf-8"))
@@ -259,19 +229,17 @@ def _check_work_dir(coll: Collection, work: Path, findings: _Findings) -> None:
 
 def _check_shards(coll: Collection, feature: str | None, findings: _Findings) -> None:
     """Parts of sharded runs not merged yet: what ``vcf merge`` would do with them, or why it cannot yet."""
-    from vcf.run.shards import MergeResult, _has_parts, _prepare_feature, _prepare_frames, feature_shard_root
-
     targets: list[tuple[str, Path, Callable[[], object]]] = []
     quiet = Reporter(None)
     if feature is None:
-        frames_root = coll.shard_root / "frames"
-        targets.append(("frames", frames_root, lambda: _prepare_frames(coll, MergeResult(coll.root), quiet)))
-    root = feature_shard_root(coll)
+        frames_root = coll.frames_shard_root
+        targets.append(("frames", frames_root, lambda: plan_frames(coll, MergeResult(coll.root), quiet)))
+    root = coll.feature_shard_root
     names = [feature] if feature is not None else sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     for name in names:
-        targets.append((name, root / name, lambda n=name: _prepare_feature(coll, n, MergeResult(coll.root), quiet)))
+        targets.append((name, root / name, lambda n=name: plan_feature(coll, n, MergeResult(coll.root), quiet)))
     for what, part_root, prepare in targets:
-        if not _has_parts(part_root):
+        if not has_parts(part_root):
             continue
         where = _rel(coll, part_root)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,9 @@ import cv2
 from vcf.errors import OutputExistsError, VcfError
 from vcf.io import collection as layout
 from vcf.io.atomic import (
+    TMP_MARK,
     OutputLock,
+    atomic_write_text,
     clean_stale_temps,
     fsync_dir,
     fsync_file,
@@ -25,16 +28,13 @@ from vcf.io.atomic import (
     temp_sibling,
     writing,
 )
-from vcf.io.collection import Collection
+from vcf.io.collection import FRAME_META, PART_RECORD, Collection
 from vcf.io.video import VideoError, decode_selected, resize_shorter_side
 from vcf.progress import ProgressCallback, Reporter
-from vcf.run.processes import TaskFailed, run_isolated
+from vcf.run.engines import open_engine, parse_scale_out
+from vcf.run.partition import Shard, assign_videos
+from vcf.run.processes import TaskFailed
 from vcf.sampling import Sampling
-
-# Written inside each frame directory, last, before the directory is renamed into place: its presence
-# under the final name means the directory is complete. Old tools that list ``*.jpg`` ignore it.
-FRAME_META = ".vcf-frames.json"
-LOCK_NAME = ".vcf-frames.lock"
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class FramesResult:
 
 
 @dataclass(frozen=True)
-class _Task:
+class FrameTask:
     video_id: str
     video_path: Path
     final_dir: Path
@@ -124,12 +124,12 @@ def decoder_threads(workers: int, videos: int) -> int:
     return 0 if parallel == 1 else max(1, (os.cpu_count() or 1) // parallel)
 
 
-def _init_decoder_process() -> None:
+def init_decoder_process() -> None:
     # One OpenCV thread per process: parallelism comes from decoding several videos at once.
     cv2.setNumThreads(1)
 
 
-def _extract_one(task: _Task) -> VideoFrames:
+def extract_one(task: FrameTask) -> VideoFrames:
     """Decodes one video into a temporary directory, then renames it into place (in a worker)."""
     settings = task.settings
     tmp = temp_sibling(task.final_dir)
@@ -249,31 +249,44 @@ def frames(
         raise VcfError("--size must be >= 0")
     settings = FrameSettings(Sampling(fps=fps, every=every, num_frames=num_frames), size=size, quality=quality)
     coll = layout.resolve_collection(collection, rootpath)
-    if shard is not None or engine != "local" or ray_address is not None:
-        from vcf.run.shards import run_frames_job
+    spec = parse_scale_out(shard, engine, ray_address)
+    runner = open_engine(engine, ray_address)
+    try:
+        return _frames(coll, settings, spec, runner, workers, relative_paths, overwrite, video_timeout, progress)
+    finally:
+        runner.close()
 
-        return run_frames_job(
-            coll,
-            settings,
-            shard=shard,
-            engine=engine,
-            ray_address=ray_address,
-            workers=workers,
-            relative_paths=relative_paths,
-            overwrite=overwrite,
-            video_timeout=video_timeout,
-            progress=progress,
-        )
+
+def _frames(
+    coll: Collection,
+    settings: FrameSettings,
+    spec: Shard | None,
+    runner: Any,
+    workers: int | None,
+    relative_paths: bool,
+    overwrite: bool,
+    video_timeout: float | None,
+    progress: ProgressCallback | None,
+) -> FramesResult:
+    """The run of :func:`frames` on one engine, over the whole collection or one shard."""
     reporter = Reporter(progress)
     result = FramesResult(collection=coll.root)
-    with OutputLock(coll.root / LOCK_NAME):
-        videos, failures = _discover(coll)
-        result.videos = len(videos) + len(failures)
+    part_dir = None if spec is None else coll.frames_part_dir(spec.name)
+    with OutputLock(coll.frames_lock if spec is None else coll.frames_shard_lock(spec.name)):
+        videos, failures = discover_videos(coll)
+        naming: list[tuple[str, str]] = []
+        if spec is not None and part_dir is not None:
+            remove_path(part_dir)  # a part appears only once its run completes
+            mine = set(assign_videos(videos, spec.count)[spec.index])
+            videos = {v: p for v, p in videos.items() if v in mine}
+            # Unusable file names concern the whole collection: the first shard reports them, merge lists them.
+            naming, failures = (failures if spec.index == 0 else []), []
+        result.videos = len(videos) + len(failures) + len(naming)
         coll.image_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(coll.image_dir)
+        _clean_temps(coll, spec, videos)
 
         done: dict[str, VideoFrames] = {}
-        tasks: list[_Task] = []
+        tasks: list[FrameTask] = []
         conflicts: list[str] = []
         for video_id, video_path in videos.items():
             final = coll.frame_dir(video_id)
@@ -283,7 +296,7 @@ def frames(
             elif existing is not None:
                 done[video_id] = existing
             else:
-                tasks.append(_Task(video_id, video_path, final, settings))
+                tasks.append(FrameTask(video_id, video_path, final, settings))
         if conflicts:
             raise OutputExistsError(
                 f"frames of {len(conflicts)} video(s) (e.g. {coll.frame_dir(conflicts[0])}) were extracted with "
@@ -291,13 +304,13 @@ def frames(
             )
         result.skipped = len(done)
         reporter.total("videos", result.videos)
-        reporter.advance("videos", result.skipped + len(failures))
-        workers = workers or os.cpu_count() or 1
-        threads = decoder_threads(workers, len(tasks))
+        reporter.advance("videos", result.skipped + len(failures) + len(naming))
+        threads = decoder_threads(workers or os.cpu_count() or 1, len(tasks))
         tasks = [replace(task, decoder_threads=threads) for task in tasks]
-        for task, outcome in run_isolated(
-            _extract_one, tasks, workers=workers, timeout=video_timeout, initializer=_init_decoder_process
-        ):
+        # A shard, or a Ray worker on another node, cannot tell whether a temporary's owner is alive.
+        extract = extract_one if spec is None and runner.name == "local" else extract_owned
+        outcomes = runner.map(extract, tasks, workers=workers, timeout=video_timeout, initializer=init_decoder_process)
+        for task, outcome in outcomes:
             if isinstance(outcome, TaskFailed):
                 if is_output_error(outcome.reason):
                     # A full or failing disk would fail every remaining video: stop; finished ones are kept.
@@ -311,16 +324,55 @@ def frames(
             reporter.advance("videos", 1, description=task.video_id)
 
         # Workers killed for hanging or crashing could not remove their temporary directories.
-        clean_stale_temps(coll.image_dir)
-        result.frames_total = _write_indexes(coll, videos, done, relative_paths)
-        result.failures = sorted(failures)
-        failures_path = coll.failures_file("frames")
+        _clean_temps(coll, spec, videos)
+        if part_dir is None:
+            result.frames_total = write_indexes(coll, videos, done, relative_paths)
+            failures_path = coll.failures_file("frames")
+        else:
+            result.frames_total = sum(len(done[v].frames) for v in videos if v in done)
+            failures_path = part_dir / "frames.failures.txt"
+        result.failures = sorted(failures + naming)
         layout.write_failures(failures_path, result.failures)
         result.failures_file = failures_path if result.failures else None
+        if spec is not None and part_dir is not None:
+            record = {
+                "shard": [spec.index, spec.count],
+                "settings": settings.as_dict(),
+                "relative_paths": relative_paths,
+                "videos": sorted(videos),
+                "done": {v: {**done[v].__dict__, "frames": list(done[v].frames)} for v in sorted(videos) if v in done},
+                "failures": sorted(failures),
+            }
+            atomic_write_text(part_dir / PART_RECORD, json.dumps(record, sort_keys=True, indent=1) + "\n")
     return result
 
 
-def _discover(coll: Collection) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+def _clean_temps(coll: Collection, spec: Shard | None, videos: Iterable[str]) -> None:
+    if spec is None:
+        clean_stale_temps(coll.image_dir)
+    else:
+        # A shard cannot tell whether a pid on another node is alive; it owns its videos, so their temporaries
+        # are stale.
+        remove_temps_of(coll.image_dir, videos)
+
+
+def remove_temps_of(directory: Path, video_ids: Iterable[str]) -> None:
+    """Removes the temporary frame directories of these videos."""
+    wanted = set(video_ids)
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name.startswith(".") and TMP_MARK in entry.name and entry.name[1:].split(TMP_MARK)[0] in wanted:
+            remove_path(entry)
+
+
+def extract_owned(task: FrameTask) -> VideoFrames:
+    """:func:`extract_one` for a video this shard owns: a killed earlier attempt's temporary directory goes first."""
+    remove_temps_of(task.final_dir.parent, [task.video_id])
+    return extract_one(task)
+
+
+def discover_videos(coll: Collection) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     """Video ids and files; ids that cannot be used (whitespace, duplicates) become failures."""
     videos: dict[str, Path] = {}
     failures: list[tuple[str, str]] = []
@@ -339,7 +391,7 @@ def _discover(coll: Collection) -> tuple[dict[str, Path], list[tuple[str, str]]]
     return dict(sorted(videos.items())), failures
 
 
-def _write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, VideoFrames], relative: bool) -> int:
+def write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, VideoFrames], relative: bool) -> int:
     """Writes the index files from every complete video; returns the number of frames listed."""
     video_ids = [v for v in videos if v in done]
     image_lines = []

@@ -15,13 +15,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from vcf import __version__
 from vcf.errors import CollectionError, OutputExistsError, VcfError
 from vcf.io.atomic import OutputLock, clean_stale_temps, fsync_file, publish, remove_path, temp_sibling, writing
 from vcf.io.bigfile import BigFile, chunk_rows, open_feature
 from vcf.io.collection import Collection, resolve_collection, write_failures
 from vcf.progress import ProgressCallback, Reporter
 from vcf.stages.pool import RowReader, group_frames, split_frame_id
+from vcf.version import __version__
 
 H5_DIR = "H5Data"
 COMPRESSIONS = ("gzip", "lzf")

@@ -1,0 +1,158 @@
+"""Engines: where the units of a run are computed (this machine, or a Ray cluster), behind one small protocol."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vcf.errors import VcfError
+from vcf.run.partition import Shard
+
+
+class Engine(Protocol):
+    """What a stage asks of an engine; the local and the Ray engine give the same results for the same units."""
+
+    name: str
+
+    def map(
+        self,
+        function: Callable[[Any], Any],
+        tasks: Sequence[Any],
+        *,
+        workers: int | None,
+        timeout: float | None,
+        initializer: Callable[[], None] | None,
+    ) -> Iterator[tuple[Any, Any]]:
+        """Runs ``function`` over independent ``tasks``; yields ``(task, result or TaskFailed)`` as they finish."""
+        ...
+
+    def resolve_device(self, device: str, precision: str) -> tuple[Any, str]:
+        """Where the model runs and with which precision."""
+        ...
+
+    def image_batches(self, job: Any, batches: list[list[int]]) -> Iterator[tuple[int, Any]]:
+        """Computes batches of images; yields ``(position in batches, (indices, {layer: rows}, failures))``."""
+        ...
+
+    def video_rows(
+        self, job: Any, paths: Sequence[Any], wanted: Callable[[int], bool] | None, on_items: Callable[[int], None]
+    ) -> Iterator[tuple[int, Any, str | None]]:
+        """Decodes and computes videos; yields ``(index, VideoRows | None, reason | None)`` as they finish."""
+        ...
+
+    def close(self) -> None:
+        """Releases what the engine holds (a Ray connection it made)."""
+        ...
+
+
+@dataclass
+class LocalEngine:
+    """This machine: isolated decoder processes and the model in this process."""
+
+    address: str | None = None
+    name: str = "local"
+
+    def map(self, function, tasks, *, workers, timeout, initializer):  # type: ignore[no-untyped-def]
+        from vcf.run.processes import run_isolated
+
+        return run_isolated(
+            function, tasks, workers=workers or os.cpu_count() or 1, timeout=timeout, initializer=initializer
+        )
+
+    def resolve_device(self, device: str, precision: str) -> tuple[Any, str]:
+        from vcf.models.inference import resolve_device, resolve_precision
+
+        torch_device = resolve_device(device)
+        return torch_device, resolve_precision(precision, torch_device)
+
+    def image_batches(self, job: Any, batches: list[list[int]]) -> Iterator[tuple[int, Any]]:
+        from vcf.run.local import image_batches
+
+        return image_batches(job, batches)
+
+    def video_rows(self, job, paths, wanted, on_items):  # type: ignore[no-untyped-def]
+        from vcf.run.local import video_rows
+
+        return video_rows(job, paths, wanted, on_items)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class RayEngine:
+    """A Ray cluster: decoding and preprocessing in Ray tasks, the model in actors (see :mod:`vcf.run.ray_engine`)."""
+
+    address: str | None = None
+    name: str = "ray"
+
+    def __post_init__(self) -> None:
+        from vcf.run.ray_engine import connect
+
+        connect(self.address)  # before anything is shown or written: an unreachable cluster is a one-line error
+
+    def map(self, function, tasks, *, workers, timeout, initializer):  # type: ignore[no-untyped-def]
+        from vcf.run.ray_engine import run_tasks
+
+        return run_tasks(function, tasks, timeout=timeout, workers=workers, initializer=initializer)
+
+    def resolve_device(self, device: str, precision: str) -> tuple[Any, str]:
+        from vcf.run.ray_engine import resolve_cluster_device
+
+        return resolve_cluster_device(device, precision, self.address)
+
+    def image_batches(self, job: Any, batches: list[list[int]]) -> Iterator[tuple[int, Any]]:
+        from vcf.run.ray_engine import feature_batches
+
+        return feature_batches(job, batches)
+
+    def video_rows(self, job, paths, wanted, on_items):  # type: ignore[no-untyped-def]
+        from vcf.run.ray_engine import video_rows
+
+        return video_rows(job, paths, wanted=wanted, on_items=on_items)
+
+    def close(self) -> None:
+        from vcf.run.ray_engine import release
+
+        release()
+
+
+ENGINES: dict[str, type[LocalEngine] | type[RayEngine]] = {"local": LocalEngine, "ray": RayEngine}
+
+
+def check_engine(engine: str, ray_address: str | None) -> None:
+    """Checks ``--engine`` and ``--ray-address`` together.
+
+    Raises:
+        VcfError: An unknown engine, an address without ``--engine ray``, or Ray missing.
+    """
+    if engine not in ENGINES:
+        raise VcfError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
+    if ray_address and engine != "ray":
+        raise VcfError("--ray-address needs --engine ray")
+    if engine == "ray":
+        from vcf.run.ray_engine import require_ray
+
+        require_ray()
+
+
+def parse_scale_out(shard: str | Shard | None, engine: str, ray_address: str | None) -> Shard | None:
+    """Checks the ``--shard``, ``--engine`` and ``--ray-address`` options together.
+
+    Returns:
+        The shard, or None for the whole collection.
+
+    Raises:
+        VcfError: A malformed shard, an unknown engine, an address without ``--engine ray``, or
+            ``--engine ray`` without Ray installed.
+    """
+    check_engine(str(engine), ray_address)
+    return None if shard is None else Shard.parse(shard)
+
+
+def open_engine(engine: str, ray_address: str | None) -> LocalEngine | RayEngine:
+    """The engine named ``engine`` (from :data:`ENGINES`), connected."""
+    check_engine(str(engine), ray_address)
+    return ENGINES[str(engine)](ray_address)

@@ -1,0 +1,323 @@
+"""Features of a collection's videos without frame files: units are videos, results BigFiles (or a shard's part)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vcf.errors import VcfError
+from vcf.io import collection as layout
+from vcf.io.atomic import OutputLock, clean_stale_temps, remove_path
+from vcf.io.collection import Collection, videos_digest
+from vcf.progress import ProgressCallback, Reporter
+from vcf.run.engines import open_engine, parse_scale_out
+from vcf.run.jobs import VideoRows
+from vcf.run.partition import Shard, assign_videos
+from vcf.run.store import WorkStore
+from vcf.stages.frames import discover_videos
+from vcf.stages.outputs import (
+    DEFAULT_LAYER,
+    FeaturesResult,
+    digest,
+    finished_part,
+    output_dirs,
+    outputs_lock_key,
+    part_matches,
+    pending_outputs,
+    read_failures,
+    resolve_model,
+)
+from vcf.stages.videofeatures import (
+    check_workers,
+    clip_settings,
+    decode_spec,
+    resolve_model_name,
+    video_job,
+    video_preprocessing,
+    video_sampling,
+)
+
+# Finished videos are saved in parts of about this many rows (or after PART_SECONDS), the unit of resumption.
+PART_ROWS = 2048
+PART_VIDEOS = 512
+PART_SECONDS = 120.0
+
+
+class VideoParts:
+    """Finished videos of a run, buffered and committed to the work store a part at a time.
+
+    A part holds the rows of each layer and the frame index of each row; its record lists the videos with
+    their row ranges and the failed videos with their reasons.
+    """
+
+    def __init__(self, store: WorkStore, layers: Sequence[str]) -> None:
+        self.store = store
+        self.layers = list(layers)
+        self.rows: dict[str, tuple[str, int, int]] = {}
+        self.failed: dict[str, str] = {}
+        self.next_part = 0
+        for name, record in store.records():
+            for video, start, stop in record["videos"]:
+                self.rows[video] = (name, start, stop)
+            self.failed.update(record["failed"])
+            self.next_part = max(self.next_part, int(name.split("-", 1)[1]) + 1)
+        self._buffer: list[tuple[str, VideoRows]] = []
+        self._buffer_failed: dict[str, str] = {}
+        self._buffer_rows = 0
+        self._last_flush = time.monotonic()
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def done(self, video: str) -> bool:
+        return video in self.rows or video in self.failed
+
+    def total_rows(self) -> int:
+        return sum(stop - start for _, start, stop in self.rows.values())
+
+    def add(self, video: str, rows: VideoRows | None, reason: str | None) -> None:
+        if rows is None:
+            self._buffer_failed[video] = reason or "failed"
+        else:
+            self._buffer.append((video, rows))
+            self._buffer_rows += len(rows.frames)
+        count = len(self._buffer) + len(self._buffer_failed)
+        if (
+            self._buffer_rows >= PART_ROWS
+            or count >= PART_VIDEOS
+            or time.monotonic() - self._last_flush >= PART_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commits the buffered videos as one part."""
+        if not self._buffer and not self._buffer_failed:
+            return
+        name = f"part-{self.next_part:06d}"
+        videos = []
+        offset = 0
+        for video, rows in self._buffer:
+            videos.append([video, offset, offset + len(rows.frames)])
+            offset += len(rows.frames)
+        arrays = {"frames": np.concatenate([r.frames for _, r in self._buffer]) if self._buffer else np.zeros(0)}
+        for layer in self.layers:
+            if self._buffer:
+                arrays[f"layer:{layer}"] = np.concatenate([r.layers[layer] for _, r in self._buffer]).astype(np.float32)
+        self.store.commit(name, arrays, {"videos": videos, "failed": self._buffer_failed})
+        for video, start, stop in videos:
+            self.rows[video] = (name, start, stop)
+        self.failed.update(self._buffer_failed)
+        self.next_part += 1
+        self._buffer, self._buffer_failed, self._buffer_rows = [], {}, 0
+        self._last_flush = time.monotonic()
+
+    def _array(self, part: str, key: str) -> np.ndarray:
+        if (part, key) not in self._arrays:
+            self._arrays[(part, key)] = self.store.load(part)[0][key]
+        return self._arrays[(part, key)]
+
+    def layer_rows(self, layer: str, order: Sequence[str]) -> Iterable[tuple[list[str], np.ndarray]]:
+        """The ids ``<vid>_<n>`` and rows of ``layer`` of the videos in ``order``, a video at a time."""
+        for video in order:
+            if video in self.rows:
+                part, start, stop = self.rows[video]
+                frames = self._array(part, "frames")[start:stop]
+                ids = [Collection.frame_id(video, int(n)) for n in frames]
+                yield ids, self._array(part, f"layer:{layer}")[start:stop]
+
+
+def features_from_videos(
+    collection: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    model_type: str | None = None,
+    layers: Sequence[str] = (DEFAULT_LAYER,),
+    oversample: bool = False,
+    fps: float | None = None,
+    every: int | None = None,
+    num_frames: int | None = None,
+    clip_len: int | None = None,
+    clip_stride: int | None = None,
+    clip_fps: float | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    weights: str | os.PathLike[str] | None = None,
+    rootpath: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    video_timeout: float | None = None,
+    shard: str | Shard | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> FeaturesResult:
+    """Computes features of the videos in ``VideoData/`` without writing frame files.
+
+    2D models: the frames ``vcf frames`` would keep with the same options (two a second by default), ids
+    ``<vid>_<n>``, videos sorted by id and frames by ``n``: the same BigFile ids in the same order as
+    ``frames`` then ``features`` give, so ``pool`` and ``concat`` work unchanged. 3D models: clips of
+    ``clip_len`` frames decoded at ``clip_fps``, one every ``clip_stride`` frames, id ``<vid>_<n>`` with ``n``
+    the clip's first frame. Decoder processes feed the model; videos are never held whole in memory.
+    Finished videos are saved as the run goes, so an interrupted run resumes after them. Videos that
+    cannot be decoded are left out and listed in ``features.failures.txt``.
+
+    Args:
+        collection: Collection directory, or its name under ``rootpath``.
+        model: A registry name; None takes the default of ``model_type``.
+        model_type: ``2d`` or ``3d``: picks the default model and checks ``model``'s kind.
+        layers: Layers to write, one BigFile each.
+        oversample: Average ten crops per frame (2D; adds ``,os`` to the feature name).
+        fps: Keep the first frame at or after each ``k/fps`` seconds (2D).
+        every: Keep every N-th decoded frame (2D).
+        num_frames: Keep K frames spread over each video (2D).
+        clip_len: Frames per clip (3D; default the model's).
+        clip_stride: Frames between clip starts (3D; default ``clip_len``).
+        clip_fps: Frame rate the clips are decoded at (3D; default the model's training rate).
+        batch_size: Frames or clips per forward pass.
+        workers: Decoder processes (default: CPU count; 0 decodes in this process).
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        weights: A local weights file instead of the model's published weights.
+        rootpath: Where named collections live.
+        overwrite: Replace outputs made with other settings.
+        video_timeout: Seconds a decoder may go without producing anything before its video is failed.
+        shard: ``K/N``: compute only shard K (from 0) of N, whole videos balanced by file size, into part
+            BigFiles under ``FeatureData/.vcf-shards/``; :func:`vcf.merge` assembles them.
+        engine: ``local`` (decoder processes feed this process's model) or ``ray`` (decoding tasks feed
+            model actors on a Ray cluster).
+        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
+        progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
+
+    Returns:
+        A FeaturesResult; ``computed`` and ``reused`` count rows (in a shard run, ``feature_dirs`` are the
+        part directories).
+
+    Raises:
+        VcfError: No VideoData, unknown model or layer, bad options, outputs made with other settings, a
+            lock held by another run, or no video that could be decoded.
+
+    Example:
+        >>> vcf.features("toydata", from_video=True, model="efficientnet_lite0")  # doctest: +SKIP
+    """
+    if batch_size < 1:
+        raise VcfError("--batch-size must be >= 1")
+    check_workers(workers, video_timeout)
+    from vcf.models import get_model
+
+    layers = list(dict.fromkeys(layers))
+    record = get_model(resolve_model_name(model, model_type))
+    clips = clip_settings(record, clip_len, clip_stride, clip_fps)
+    sampling = video_sampling(record, clips, fps, every, num_frames, default_fps=None)
+    spec = decode_spec(record, sampling, clips, oversample, batch_size)
+    coll = layout.resolve_collection(collection, rootpath)
+    videos, failures = discover_videos(coll)
+    if not videos and not failures:
+        raise VcfError(f"no video files in {coll.video_dir}")
+    shard_spec = parse_scale_out(shard, engine, ray_address)
+    runner = open_engine(engine, ray_address)
+    try:
+        torch_device, chosen_precision = runner.resolve_device(device, precision)
+        record, extractor, weights_info = resolve_model(record.name, layers, weights)
+        settings = {
+            "model": record.name,
+            "weights": {"source": weights_info.source, "sha256": weights_info.sha256},
+            "preprocessing": video_preprocessing(record, spec),
+            "precision": chosen_precision,
+            "input": {
+                "source": "videos",
+                "directory": coll.video_dir.name,
+                "count": len(videos),
+                "sha256": videos_digest(coll, videos),
+            },
+            "sampling": sampling.as_dict(),
+            "clips": clips.as_dict() if clips is not None else None,
+        }
+        job = video_job(record, extractor, spec, torch_device, chosen_precision, workers, video_timeout)
+        work = {"settings": settings, "layers": layers, "oversample": oversample}
+        return _run(coll, videos, failures, work, job, shard_spec, runner, overwrite, progress)
+    finally:
+        runner.close()
+
+
+def _run(
+    coll: Collection,
+    videos: dict[str, Path],
+    failures: list[tuple[str, str]],
+    work: dict[str, Any],
+    job: Any,
+    spec: Shard | None,
+    runner: Any,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+) -> FeaturesResult:
+    """Skips the finished videos, computes the rest on ``runner`` and writes the BigFiles or the shard's parts."""
+    layers, oversample, settings = work["layers"], work["oversample"], work["settings"]
+    result = FeaturesResult(collection=coll.root)
+    outputs = output_dirs(coll, settings["model"], layers, oversample)
+    result.feature_dirs = dict(outputs)
+    failures_path = coll.failures_file("features")
+    # The same lock as a frames-mode run writing these outputs.
+    with OutputLock(coll.features_lock(outputs_lock_key(outputs), None if spec is None else spec.name)):
+        if spec is None:  # a shard cannot tell whether another node's pid is alive
+            clean_stale_temps(coll.feature_root)
+        pending = pending_outputs(outputs, settings, oversample, overwrite, result)
+        if not pending:
+            result.up_to_date = True
+            result.reused = result.shapes[layers[0]][0]
+            result.failures = read_failures(coll)
+            result.failures_file = failures_path if result.failures else None
+            return result
+
+        parts: dict[str, Path] = {}
+        shard_info: dict[str, Any] = {}
+        if spec is not None:
+            mine = assign_videos(videos, spec.count)[spec.index]
+            videos = {video: videos[video] for video in mine}
+            # Unusable file names concern the whole collection: the first shard lists them, as in frames.
+            failures = failures if spec.index == 0 else []
+            shard_info = {"index": spec.index, "count": spec.count, "videos": mine}
+            parts = {layer: coll.feature_part_dir(outputs[layer].name, spec.name) for layer in pending}
+            if all(part_matches(parts[layer], manifest, shard_info) for layer, manifest in pending.items()):
+                return finished_part(result, parts)
+            for part in parts.values():
+                remove_path(part)  # a part appears only once its shard completes
+            failures_path = coll.shard_failures_file(spec.name)
+        store = WorkStore(coll.work_dir(digest(work), None if spec is None else spec.name), work)
+        done = VideoParts(store, layers)
+        ids = list(videos)
+        todo = [video for video in ids if not done.done(video)]
+        reporter = Reporter(progress)
+        reporter.total("videos", len(ids) + len(failures))
+        reporter.advance("videos", len(ids) - len(todo) + len(failures))
+        result.reused = done.total_rows()
+
+        def on_items(count: int) -> None:
+            result.computed += count
+            reporter.advance(job.item_task, count)
+
+        for task, rows, reason in runner.video_rows(job, [videos[v] for v in todo], None, on_items):
+            done.add(todo[task], rows, reason)
+            reporter.advance("videos", 1, description=todo[task])
+        done.flush()
+
+        failures = sorted([*failures, *done.failed.items()])
+        layout.write_failures(failures_path, failures)
+        result.failures = failures
+        result.failures_file = failures_path if failures else None
+        for layer, manifest in pending.items():
+            if spec is None:
+                manifest, out = {**manifest, "failures": len(failures)}, outputs[layer]
+                empty: str | None = f"no video could be decoded, nothing to write to {out}; see features.failures.txt"
+            else:
+                manifest = {**manifest, "shard": {**shard_info, "failures": [list(f) for f in failures]}}
+                out, empty = parts[layer], None
+            dims = store.write_bigfile(done.layer_rows(layer, ids), out, manifest, overwrite or spec is not None, empty)
+            result.shapes[layer] = (done.total_rows(), dims)
+        if parts:
+            result.feature_dirs = dict(parts)
+        store.remove()
+    return result

@@ -1,0 +1,294 @@
+"""``merge``: the parts of a sharded run checked (a public plan that ``check`` uses too) and assembled."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vcf.errors import VcfError
+from vcf.io import collection as layout
+from vcf.io.atomic import OutputLock, lock_owner, remove_path
+from vcf.io.bigfile import BigFile, BigFileWriter
+from vcf.io.collection import PART_RECORD, Collection, videos_digest
+from vcf.progress import ProgressCallback, Reporter
+from vcf.run.partition import Shard, assign_videos, video_key
+from vcf.stages.frames import VideoFrames, discover_videos, write_indexes
+from vcf.stages.outputs import bigfile_ok, read_part_manifest
+
+# Manifest fields that describe one file rather than the computation; they differ between a part and the whole.
+_FILE_FIELDS = ("format", "shape", "vcf_version", "shard", "failures")
+_PART_NAME = re.compile(r"^(\d+)-of-(\d+)$")
+
+# A merge plan: the rows it will write, and the function that writes them once every plan checked out.
+Plan = tuple[int, Callable[[], None]]
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` did.
+
+    Attributes:
+        collection: The collection directory.
+        merged: For ``frames`` and each feature name merged: the number of shards.
+        rows: Frames listed in id.imagepath.txt (``frames``), or rows of each merged feature.
+        dims: Values per row of each merged feature.
+        failures: Items listed as failed, per merged output.
+        up_to_date: Features named that have no parts but whose output exists.
+    """
+
+    collection: Path
+    merged: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    dims: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    up_to_date: list[str] = field(default_factory=list)
+
+
+def merge(
+    collection: str | os.PathLike[str],
+    feature: str | None = None,
+    *,
+    rootpath: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> MergeResult:
+    """Assembles the parts of sharded runs into the normal outputs, as a single run writes them.
+
+    Frames parts become id.imagepath.txt, id.videopath.txt, id.videometa.txt, VideoSets/,
+    ImageSets/ and frames.failures.txt; the parts of a feature become its BigFile (rows in
+    id.imagepath.txt order, the single run's manifest) and features.failures.txt. Each file
+    appears atomically, and the parts are removed once everything is written. Nothing is written
+    unless every shard of every output concerned is complete.
+
+    Args:
+        collection: Collection directory, or its name under ``rootpath``.
+        feature: Merge only this feature (e.g. ``resnet50,avgpool``); default: the frames and every
+            feature that has parts.
+        rootpath: Where named collections live.
+        progress: Receives ``rows`` events: the videos of the frames, then the rows of each feature.
+
+    Returns:
+        A MergeResult.
+
+    Raises:
+        VcfError: Nothing to merge, or shards missing, running, interrupted or made from other
+            input (the message lists them and the command that completes them).
+
+    Example:
+        >>> vcf.merge("toydata", "resnet50,avgpool")  # doctest: +SKIP
+    """
+    coll = layout.resolve_collection(collection, rootpath)
+    reporter = Reporter(progress)
+    result = MergeResult(collection=coll.root)
+    frames_root = coll.frames_shard_root
+    do_frames = feature is None and has_parts(frames_root)
+    if feature is not None:
+        coll.feature_dir(feature)
+        names = [feature]
+    else:
+        root = coll.feature_shard_root
+        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        names = [n for n in found if not n.startswith(".") and has_parts(root / n)]
+    if not do_frames and not names:
+        raise VcfError(
+            f"nothing to merge in {coll.root}: no shard parts; run `vcf frames` or `vcf features` with --shard first"
+        )
+    plans: list[tuple[int, Callable[[], None]]] = []
+    if do_frames:
+        plans.append(plan_frames(coll, result, reporter))
+    for name in names:
+        part_root = coll.feature_shard_root / name
+        if not has_parts(part_root):
+            if coll.feature_dir(name).is_dir():
+                result.up_to_date.append(name)
+                continue
+            raise VcfError(
+                f"nothing to merge for {name}: no parts under {part_root}; run `vcf features --shard K/N` first"
+            )
+        plans.append(plan_feature(coll, name, result, reporter))
+    # Progress counts videos for the frames and rows for each feature.
+    reporter.total("rows", sum(count for count, _ in plans))
+    for _, write in plans:  # every output was checked before the first is written
+        write()
+    _tidy(coll.feature_shard_root)
+    _tidy(coll.shard_root)
+    return result
+
+
+def has_parts(root: Path) -> bool:
+    return root.is_dir() and any(_PART_NAME.match(p.name) for p in root.iterdir() if p.is_dir())
+
+
+def _shard_count(root: Path, what: str) -> int:
+    counts = sorted({int(m[2]) for p in root.iterdir() if p.is_dir() and (m := _PART_NAME.match(p.name))})
+    if len(counts) > 1:
+        raise VcfError(
+            f"cannot merge {what}: {root} holds parts of runs split {' and '.join(map(str, counts))} ways; "
+            "remove the parts of the abandoned split"
+        )
+    return counts[0]
+
+
+def _lock_state(locks: Iterable[Path]) -> str:
+    """Why a shard has no part, from what its lock file says."""
+    state = "not run"
+    for lock in locks:
+        if lock_owner(lock) is not None:
+            return "running"
+        try:
+            recorded = lock.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            continue
+        state = f"interrupted (process {recorded} died)" if recorded else "failed or not finished"
+    return state
+
+
+def _missing_error(what: str, missing: list[str], command: str) -> VcfError:
+    return VcfError(
+        f"cannot merge {what}: {len(missing)} shard(s) not complete: {'; '.join(missing)}; "
+        f"run `{command}` for each and merge again"
+    )
+
+
+def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
+    root = coll.frames_shard_root
+    count = _shard_count(root, "frames")
+    videos, naming = discover_videos(coll)
+    expected = assign_videos(videos, count)
+    records: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for index in range(count):
+        spec = Shard(index, count)
+        try:
+            record = json.loads((coll.frames_part_dir(spec.name) / PART_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            missing.append(f"{spec} {_lock_state([coll.frames_shard_lock(spec.name)])}")
+            continue
+        if record.get("videos") != expected[index]:
+            missing.append(f"{spec} was run over other videos (VideoData changed since); rerun it")
+            continue
+        records.append(record)
+    if missing:
+        raise _missing_error("frames", missing, f"vcf frames {coll.root} --shard K/{count}")
+    for key in ("settings", "relative_paths"):
+        if len({json.dumps(r[key], sort_keys=True) for r in records}) > 1:
+            raise VcfError(f"cannot merge frames: the shards were run with different {key.replace('_', ' ')}")
+
+    def write() -> None:
+        with OutputLock(coll.frames_lock):
+            done = {
+                video_id: VideoFrames(**{**data, "frames": tuple(data["frames"])})
+                for record in records
+                for video_id, data in record["done"].items()
+            }
+            total = write_indexes(coll, videos, done, bool(records[0]["relative_paths"]))
+            failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
+            layout.write_failures(coll.failures_file("frames"), failures)  # type: ignore[arg-type]
+            reporter.advance("rows", len(videos), description="frames")
+        remove_path(root)
+        result.merged["frames"] = count
+        result.rows["frames"] = total
+        result.failures["frames"] = len(failures)
+
+    return len(videos), write
+
+
+def plan_feature(
+    coll: Collection, name: str, result: MergeResult, reporter: Reporter
+) -> tuple[int, Callable[[], None]]:
+    root = coll.feature_shard_root / name
+    count = _shard_count(root, name)
+    manifests = [read_part_manifest(root / Shard(index, count).name) for index in range(count)]
+    from_videos = any(((m or {}).get("input") or {}).get("source") == "videos" for m in manifests)
+    # What the parts must have been made from: the index's rows, or (--from-video) the videos of VideoData.
+    if from_videos:
+        videos, _ = discover_videos(coll)
+        input_sha, source = videos_digest(coll, videos), "other videos (VideoData changed since)"
+        assigned = assign_videos(videos, count)
+    else:
+        index_bytes = coll.imagepath_file.read_bytes() if coll.imagepath_file.is_file() else b""
+        lines = index_bytes.decode("utf-8").splitlines()
+        ids = [i for i, _ in layout.parse_id_value_lines(coll.imagepath_file, lines)]
+        input_sha, source = hashlib.sha256(index_bytes).hexdigest(), "another id.imagepath.txt"
+    parts: list[tuple[BigFile, dict[str, Any]]] = []
+    missing: list[str] = []
+    locks = coll.features_locks("*")
+    for index, manifest in enumerate(manifests):
+        spec = Shard(index, count)
+        directory = root / spec.name
+        if manifest is None or "shard" not in manifest or not bigfile_ok(directory):
+            mine = [lock for lock in locks if lock.name.endswith(f"-{spec.name}.lock")]
+            missing.append(f"{spec} {_lock_state(mine)}")
+            continue
+        if (manifest.get("input") or {}).get("sha256") != input_sha or (
+            from_videos and manifest["shard"].get("videos") != assigned[index]
+        ):
+            missing.append(f"{spec} was computed from {source}; rerun it")
+            continue
+        parts.append((BigFile(directory), manifest))
+    if missing:
+        raise _missing_error(name, missing, f"vcf features {coll.root} ... --shard K/{count}")
+    common = [{k: v for k, v in m.items() if k not in _FILE_FIELDS} for _, m in parts]
+    if any(c != common[0] for c in common):
+        raise VcfError(f"cannot merge {name}: its shards were run with different settings; rerun them alike")
+    failures = [tuple(f) for _, m in parts for f in m["shard"]["failures"]]
+    merged_ids = [n for big, _ in parts for n in big.names]
+    if from_videos:
+        failures.sort()  # as a single run lists them
+        failed = {f[0] for f in failures}
+        order = {video: position for position, video in enumerate(videos)}
+        runs = [key for key, _ in itertools.groupby(video_key(i) for i in merged_ids)]
+        positions = [order.get(video, -1) for video in runs]
+        if -1 in positions or positions != sorted(set(positions)) or failed & set(runs):
+            raise VcfError(f"cannot merge {name}: the rows of its parts are not those of the videos; rerun them")
+    else:
+        ranges = [tuple(m["shard"]["rows"]) for _, m in parts]
+        if ranges[0][0] != 0 or ranges[-1][1] != len(ids) or any(a[1] != b[0] for a, b in itertools.pairwise(ranges)):
+            raise VcfError(f"cannot merge {name}: its shards do not cover id.imagepath.txt row by row; rerun them")
+        failed = {f[0] for f in failures}
+        if merged_ids != [i for i in ids if i not in failed]:
+            raise VcfError(f"cannot merge {name}: the rows of its parts are not those of id.imagepath.txt; rerun them")
+    filled = [big for big, _ in parts if big.nr_of_images]
+    if not filled:
+        raise VcfError(f"no image could be read, nothing to write to {coll.feature_dir(name)}; see the failures")
+    dims = {big.ndims for big in filled}
+    if len(dims) > 1:
+        raise VcfError(f"cannot merge {name}: its parts have different widths {sorted(dims)}")
+
+    def write() -> None:
+        out_dir = coll.feature_dir(name)
+        with BigFileWriter(out_dir, dims.pop(), overwrite=True, manifest={**common[0], "failures": len(failures)}) as w:
+            for big in filled:
+                for chunk_ids, array in big.iter_chunks():
+                    w.append(chunk_ids, array)
+                    reporter.advance("rows", len(chunk_ids), description=name)
+        layout.write_failures(coll.failures_file("features"), failures)  # type: ignore[arg-type]
+        remove_path(root)
+        result.merged[name] = count
+        result.rows[name] = len(merged_ids)
+        result.dims[name] = w.dim
+        result.failures[name] = len(failures)
+
+    return len(merged_ids), write
+
+
+def _tidy(root: Path) -> None:
+    """Removes a shard directory once it holds only released locks and the shards' own failure lists."""
+    if not root.is_dir():
+        return
+    entries = list(root.iterdir())
+    if any(not (e.is_file() and e.name.endswith((".lock", ".failures.txt"))) for e in entries):
+        return
+    if any(lock_owner(e) is not None for e in entries):
+        return
+    for entry in entries:
+        remove_path(entry)
+    with contextlib.suppress(OSError):
+        root.rmdir()
