@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv as csvlib
 import io
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +15,13 @@ from vcf.io import collection as layout
 from vcf.io.atomic import atomic_write_bytes, is_output_error, writing
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
-from vcf.run.partition import Shard, owned_rows
-from vcf.stages.outputs import DEFAULT_LAYER, FeaturesResult, resolve_model
+from vcf.run.partition import owned_rows
+from vcf.stages.outputs import FeaturesResult, RunOptions, resolve_model
 from vcf.stages.videofeatures import (
+    VideoSelection,
     check_workers,
-    clip_settings,
     decode_spec,
-    resolve_model_name,
     video_job,
-    video_sampling,
 )
 
 DEFAULT_CSV_FPS = 1.0
@@ -167,29 +164,12 @@ def write_npy(path: Path, array: np.ndarray) -> None:
 
 def features_from_csv(
     csv: str | os.PathLike[str],
+    run: RunOptions,
     *,
-    model: str | None = None,
-    model_type: str | None = None,
-    layers: Sequence[str] = (DEFAULT_LAYER,),
-    oversample: bool = False,
-    fps: float | None = None,
-    every: int | None = None,
-    num_frames: int | None = None,
-    clip_len: int | None = None,
-    clip_stride: int | None = None,
-    clip_fps: float | None = None,
+    selection: VideoSelection = VideoSelection(),
     l2_normalize: bool = False,
     dtype: str = "float32",
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    weights: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
     video_timeout: float | None = None,
-    shard: str | Shard | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> CsvFeaturesResult:
     """Computes one ``.npy`` of shape (T, D) per video of a ``video_path,feature_path`` CSV.
@@ -201,31 +181,12 @@ def features_from_csv(
     ``<csv stem>.failures.txt`` next to the CSV; the other videos complete.
 
     Args:
+        run: The options every input mode shares.
         csv: The CSV file.
-        model: A registry name; None takes the default of ``model_type``.
-        model_type: ``2d`` or ``3d``: picks the default model and checks ``model``'s kind.
-        layers: The one layer to write.
-        oversample: Average ten crops per frame (2D).
-        fps: Frames per second for 2D models (default 1).
-        every: Keep every N-th decoded frame instead (2D).
-        num_frames: Keep K frames spread over each video instead (2D).
-        clip_len: Frames per clip (3D; default the model's).
-        clip_stride: Frames between clip starts (3D; default ``clip_len``).
-        clip_fps: Frame rate the clips are decoded at (3D; default the model's training rate).
+        selection: Which frames (2D, default one a second) or clips (3D) of each video are computed.
         l2_normalize: Divide each row by its L2 norm (the older tool's default).
         dtype: ``float32`` or ``float16`` (the older tool wrote float16).
-        batch_size: Frames or clips per forward pass.
-        workers: Decoder processes (default: CPU count; 0 decodes in this process).
-        device: ``auto``, ``cpu`` or ``cuda[:i]``.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
-        weights: A local weights file instead of the model's published weights.
-        overwrite: Recompute outputs that already exist.
         video_timeout: Seconds a decoder may go without producing anything before its video is failed.
-        shard: ``K/N``: compute only shard K (from 0) of N, contiguous rows balanced by video file size. The
-            shards write disjoint .npy files, so nothing needs merging; each lists its failures in
-            ``<csv stem>.<K>-of-<N>.failures.txt`` (bad rows in shard 0's).
-        engine: ``local`` or ``ray`` (decoding tasks feed model actors on a Ray cluster).
-        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
 
     Returns:
@@ -239,21 +200,19 @@ def features_from_csv(
     """
     from vcf.models import get_model
 
-    if batch_size < 1:
+    if run.batch_size < 1:
         raise VcfError("--batch-size must be >= 1")
-    check_workers(workers, video_timeout)
+    check_workers(run.workers, video_timeout)
     if dtype not in DTYPES:
         raise VcfError(f"unknown --dtype {dtype!r}; use {' or '.join(DTYPES)}")
-    layers = list(dict.fromkeys(layers))
-    if len(layers) != 1:
-        raise VcfError(f"--csv writes one .npy per video: give one --layer, not {len(layers)}")
-    record = get_model(resolve_model_name(model, model_type))
-    layer = layers[0]
+    if len(run.layers) != 1:
+        raise VcfError(f"--csv writes one .npy per video: give one --layer, not {len(run.layers)}")
+    record = get_model(run.model)
+    layer = run.layers[0]
     dims = record.layers[record.resolve_layer(layer)]
-    clips = clip_settings(record, clip_len, clip_stride, clip_fps)
-    sampling = video_sampling(record, clips, fps, every, num_frames, default_fps=DEFAULT_CSV_FPS)
-    spec = decode_spec(record, sampling, clips, oversample, batch_size)
-    shard_spec = parse_scale_out(shard, engine, ray_address)
+    clips, sampling = selection.resolve(record, default_fps=DEFAULT_CSV_FPS)
+    spec = decode_spec(record, sampling, clips, run.oversample, run.batch_size)
+    shard_spec = parse_scale_out(run.shard, run.engine, run.ray_address)
     csv_path = Path(csv).expanduser()
     rows, failures = read_feature_csv(csv_path)
     if shard_spec is not None:
@@ -263,22 +222,22 @@ def features_from_csv(
     result = CsvFeaturesResult(collection=None, csv=csv_path, videos=len(rows) + len(failures), dtype=dtype)
 
     def wanted(index: int) -> bool:
-        return overwrite or not complete_npy(rows[index].output, dims)
+        return run.overwrite or not complete_npy(rows[index].output, dims)
 
     todo = [row for index, row in enumerate(rows) if wanted(index)]
     reporter = Reporter(progress)
     result.reused = len(rows) - len(todo)
     failed_outputs: set[Path] = set()
     if todo:  # the model is loaded only when there is work, and before any progress is shown
-        runner = open_engine(engine, ray_address)
+        runner = open_engine(run.engine, run.ray_address)
         try:
-            torch_device, chosen_precision = runner.resolve_device(device, precision)
-            record, extractor, _ = resolve_model(record.name, layers, weights)
-            job = video_job(record, extractor, spec, torch_device, chosen_precision, workers, video_timeout)
+            torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
+            record, extractor, _ = resolve_model(record.name, run.layers, run.weights)
+            job = video_job(record, extractor, spec, torch_device, chosen_precision, run.workers, video_timeout)
             reporter.total("videos", result.videos)
             reporter.advance("videos", len(rows) - len(todo) + len(failures))
             # Checked again just before each video starts: several runs may share one CSV.
-            todo_wanted = None if overwrite else (lambda index: not complete_npy(todo[index].output, dims))
+            todo_wanted = None if run.overwrite else (lambda index: not complete_npy(todo[index].output, dims))
             outcomes = runner.video_rows(
                 job, [row.video for row in todo], todo_wanted, lambda n: reporter.advance(job.item_task, n)
             )

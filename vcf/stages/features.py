@@ -13,15 +13,12 @@ from vcf.progress import ProgressCallback
 from vcf.stages.csv_features import CsvFeaturesResult, features_from_csv
 from vcf.stages.from_video import features_from_videos
 from vcf.stages.image_features import features_from_images
-from vcf.stages.outputs import DEFAULT_LAYER, FeaturesResult, feature_name
-from vcf.stages.videofeatures import resolve_model_name
+from vcf.stages.outputs import DEFAULT_LAYER, FeaturesResult, RunOptions, feature_name
+from vcf.stages.videofeatures import VideoSelection, resolve_model_name
 
 DEFAULT_MODEL = KINDS["2d"].default_model
-VIDEO_OPTIONS = ("fps", "every", "num_frames", "clip_len", "clip_stride", "clip_fps", "video_timeout")
-COMMON_OPTIONS = (
-    "model", "layers", "oversample", "batch_size", "workers", "device", "precision", "weights", "overwrite",
-    "progress", "shard", "engine", "ray_address",
-)  # fmt: skip
+SELECTION = ("fps", "every", "num_frames", "clip_len", "clip_stride", "clip_fps")
+VIDEO_OPTIONS = (*SELECTION, "video_timeout")
 
 
 @dataclass(frozen=True)
@@ -34,8 +31,8 @@ class InputMode:
 
 MODES: dict[str, InputMode] = {
     "images": InputMode(features_from_images, ("rootpath", "fast_decode", "decode_on_device", "compile_model")),
-    "videos": InputMode(features_from_videos, ("rootpath", *VIDEO_OPTIONS)),
-    "csv": InputMode(features_from_csv, ("l2_normalize", "dtype", *VIDEO_OPTIONS)),
+    "videos": InputMode(features_from_videos, ("rootpath", "selection", "video_timeout")),
+    "csv": InputMode(features_from_csv, ("l2_normalize", "dtype", "selection", "video_timeout")),
 }
 # Why an option given to a mode that does not take it is refused.
 REFUSALS: dict[str, str] = {
@@ -165,7 +162,8 @@ def features(
         "video_timeout": video_timeout,
     }
     for key, value in given.items():
-        if value not in (None, False) and key not in MODES[mode].options:
+        takes = MODES[mode].options + (SELECTION if "selection" in MODES[mode].options else ())
+        if value not in (None, False) and key not in takes:
             raise VcfError(REFUSALS[key])
     name = resolve_model_name(model, model_type)
     if mode == "images":
@@ -174,28 +172,30 @@ def features(
         record = get_model(name)
         if record.kind_info.reads_videos:
             raise VcfError(f"{name} is a {record.kind.upper()} model: it reads clips from the videos; add --from-video")
+    run = RunOptions(
+        model=name,
+        layers=layers,
+        oversample=oversample,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        weights=weights,
+        overwrite=overwrite,
+        shard=shard,
+        engine=engine,
+        ray_address=ray_address,
+    )
     options: dict[str, Any] = {
-        "model": name,
-        "layers": layers,
-        "oversample": oversample,
-        "batch_size": batch_size,
-        "workers": workers,
-        "device": device,
-        "precision": precision,
-        "weights": weights,
-        "overwrite": overwrite,
-        "progress": progress,
-        "shard": shard,
-        "engine": engine,
-        "ray_address": ray_address,
         "rootpath": rootpath,
+        "progress": progress,
+        "selection": VideoSelection(**{key: given.pop(key) for key in SELECTION}),
         **given,
     }
     if mode == "csv":
         options["dtype"] = dtype or "float32"
-    chosen = {key: value for key, value in options.items() if key in COMMON_OPTIONS or key in MODES[mode].options}
-    source = csv if mode == "csv" else collection
-    return MODES[mode].run(source, **chosen)
+    chosen = {key: value for key, value in options.items() if key == "progress" or key in MODES[mode].options}
+    return MODES[mode].run(csv if mode == "csv" else collection, run, **chosen)
 
 
 __all__ = ["DEFAULT_MODEL", "MODES", "CsvFeaturesResult", "FeaturesResult", "feature_name", "features"]

@@ -21,8 +21,8 @@ from vcf.run.partition import Shard, assign_videos
 from vcf.run.store import WorkStore
 from vcf.stages.frames import discover_videos
 from vcf.stages.outputs import (
-    DEFAULT_LAYER,
     FeaturesResult,
+    RunOptions,
     digest,
     finished_part,
     output_dirs,
@@ -33,13 +33,11 @@ from vcf.stages.outputs import (
     resolve_model,
 )
 from vcf.stages.videofeatures import (
+    VideoSelection,
     check_workers,
-    clip_settings,
     decode_spec,
-    resolve_model_name,
     video_job,
     video_preprocessing,
-    video_sampling,
 )
 
 # Finished videos are saved in parts of about this many rows (or after PART_SECONDS), the unit of resumption.
@@ -131,28 +129,11 @@ class VideoParts:
 
 def features_from_videos(
     collection: str | os.PathLike[str],
+    run: RunOptions,
     *,
-    model: str | None = None,
-    model_type: str | None = None,
-    layers: Sequence[str] = (DEFAULT_LAYER,),
-    oversample: bool = False,
-    fps: float | None = None,
-    every: int | None = None,
-    num_frames: int | None = None,
-    clip_len: int | None = None,
-    clip_stride: int | None = None,
-    clip_fps: float | None = None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    weights: str | os.PathLike[str] | None = None,
+    selection: VideoSelection = VideoSelection(),
     rootpath: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
     video_timeout: float | None = None,
-    shard: str | Shard | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> FeaturesResult:
     """Computes features of the videos in ``VideoData/`` without writing frame files.
@@ -166,30 +147,11 @@ def features_from_videos(
     cannot be decoded are left out and listed in ``features.failures.txt``.
 
     Args:
+        run: The options every input mode shares.
         collection: Collection directory, or its name under ``rootpath``.
-        model: A registry name; None takes the default of ``model_type``.
-        model_type: ``2d`` or ``3d``: picks the default model and checks ``model``'s kind.
-        layers: Layers to write, one BigFile each.
-        oversample: Average ten crops per frame (2D; adds ``,os`` to the feature name).
-        fps: Keep the first frame at or after each ``k/fps`` seconds (2D).
-        every: Keep every N-th decoded frame (2D).
-        num_frames: Keep K frames spread over each video (2D).
-        clip_len: Frames per clip (3D; default the model's).
-        clip_stride: Frames between clip starts (3D; default ``clip_len``).
-        clip_fps: Frame rate the clips are decoded at (3D; default the model's training rate).
-        batch_size: Frames or clips per forward pass.
-        workers: Decoder processes (default: CPU count; 0 decodes in this process).
-        device: ``auto``, ``cpu`` or ``cuda[:i]``.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
-        weights: A local weights file instead of the model's published weights.
+        selection: Which frames (2D) or clips (3D) of each video are computed.
         rootpath: Where named collections live.
-        overwrite: Replace outputs made with other settings.
         video_timeout: Seconds a decoder may go without producing anything before its video is failed.
-        shard: ``K/N``: compute only shard K (from 0) of N, whole videos balanced by file size, into part
-            BigFiles under ``FeatureData/.vcf-shards/``; :func:`vcf.merge` assembles them.
-        engine: ``local`` (decoder processes feed this process's model) or ``ray`` (decoding tasks feed
-            model actors on a Ray cluster).
-        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
 
     Returns:
@@ -203,25 +165,23 @@ def features_from_videos(
     Example:
         >>> vcf.features("toydata", from_video=True, model="efficientnet_lite0")  # doctest: +SKIP
     """
-    if batch_size < 1:
+    if run.batch_size < 1:
         raise VcfError("--batch-size must be >= 1")
-    check_workers(workers, video_timeout)
+    check_workers(run.workers, video_timeout)
     from vcf.models import get_model
 
-    layers = list(dict.fromkeys(layers))
-    record = get_model(resolve_model_name(model, model_type))
-    clips = clip_settings(record, clip_len, clip_stride, clip_fps)
-    sampling = video_sampling(record, clips, fps, every, num_frames, default_fps=None)
-    spec = decode_spec(record, sampling, clips, oversample, batch_size)
+    record = get_model(run.model)
+    clips, sampling = selection.resolve(record, default_fps=None)
+    spec = decode_spec(record, sampling, clips, run.oversample, run.batch_size)
     coll = layout.resolve_collection(collection, rootpath)
     videos, failures = discover_videos(coll)
     if not videos and not failures:
         raise VcfError(f"no video files in {coll.video_dir}")
-    shard_spec = parse_scale_out(shard, engine, ray_address)
-    runner = open_engine(engine, ray_address)
+    shard_spec = parse_scale_out(run.shard, run.engine, run.ray_address)
+    runner = open_engine(run.engine, run.ray_address)
     try:
-        torch_device, chosen_precision = runner.resolve_device(device, precision)
-        record, extractor, weights_info = resolve_model(record.name, layers, weights)
+        torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
+        record, extractor, weights_info = resolve_model(record.name, run.layers, run.weights)
         settings = {
             "model": record.name,
             "weights": {"source": weights_info.source, "sha256": weights_info.sha256},
@@ -236,9 +196,9 @@ def features_from_videos(
             "sampling": sampling.as_dict(),
             "clips": clips.as_dict() if clips is not None else None,
         }
-        job = video_job(record, extractor, spec, torch_device, chosen_precision, workers, video_timeout)
-        work = {"settings": settings, "layers": layers, "oversample": oversample}
-        return _run(coll, videos, failures, work, job, shard_spec, runner, overwrite, progress)
+        job = video_job(record, extractor, spec, torch_device, chosen_precision, run.workers, video_timeout)
+        work = {"settings": settings, "layers": run.layers, "oversample": run.oversample}
+        return _run(coll, videos, failures, work, job, shard_spec, runner, run.overwrite, progress)
     finally:
         runner.close()
 

@@ -24,6 +24,7 @@ from vcf.run.partition import ChunkPlan, Shard, owned_rows, plan_chunks, video_k
 from vcf.run.store import WorkStore
 from vcf.stages.outputs import (
     FeaturesResult,
+    RunOptions,
     digest,
     finished_part,
     output_dirs,
@@ -45,47 +46,35 @@ def chunk_name(number: int) -> str:
 
 def features_from_images(
     collection: str | os.PathLike[str],
+    run: RunOptions,
     *,
-    model: str,
-    layers: Sequence[str],
-    oversample: bool = False,
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    weights: str | os.PathLike[str] | None = None,
     rootpath: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
     progress: ProgressCallback | None = None,
-    shard: str | Shard | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
     fast_decode: bool = False,
     decode_on_device: bool = False,
     compile_model: bool = False,
 ) -> FeaturesResult:
     """Computes features of the frames of ``id.imagepath.txt`` (see :func:`vcf.stages.features.features`)."""
-    if batch_size < 1:
+    if run.batch_size < 1:
         raise VcfError("--batch-size must be >= 1")
-    layers = list(dict.fromkeys(layers))
-    spec = parse_scale_out(shard, engine, ray_address)
+    spec = parse_scale_out(run.shard, run.engine, run.ray_address)
     coll = layout.resolve_collection(collection, rootpath)
     items = layout.read_imagepath(coll)
     if not items:
         raise VcfError(f"{coll.imagepath_file} lists no images")
     refuse_whitespace_ids(coll.imagepath_file, [frame_id for frame_id, _ in items])
-    runner = open_engine(engine, ray_address)
+    runner = open_engine(run.engine, run.ray_address)
     try:
-        torch_device, chosen_precision = runner.resolve_device(device, precision)
+        torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
         if runner.name == "local":
-            start_loader_server(workers, torch_device)
-        record, extractor, weights_info = resolve_model(model, layers, weights)
+            start_loader_server(run.workers, torch_device)
+        record, extractor, weights_info = resolve_model(run.model, run.layers, run.weights)
         pre = record.preprocess
         transform = FrameTransform(
             pre.resize,
             pre.crop,
             pre.interpolation,
-            oversample,
+            run.oversample,
             fast_decode=fast_decode,
             decode_device=str(torch_device) if decode_on_device else None,
         )
@@ -99,7 +88,7 @@ def features_from_images(
                 "value_scale": pre.value_scale,
             },
             "precision": chosen_precision,
-            "batch_size": batch_size,
+            "batch_size": run.batch_size,
             "input": {
                 "index": coll.imagepath_file.name,
                 "sha256": hashlib.sha256(coll.imagepath_file.read_bytes()).hexdigest(),
@@ -117,11 +106,11 @@ def features_from_images(
             compile_model=compile_model,
             paths=[path for _, path in items],
             transform=transform,
-            workers=workers,
+            workers=run.workers,
         )
         ids = [frame_id for frame_id, _ in items]
-        run = {"settings": settings, "layers": layers, "oversample": oversample}
-        return _run(coll, ids, run, job, spec, runner, batch_size, overwrite, progress)
+        work = {"settings": settings, "layers": run.layers, "oversample": run.oversample}
+        return _run(coll, ids, work, job, spec, runner, run.batch_size, run.overwrite, progress)
     finally:
         runner.close()
 

@@ -45,6 +45,44 @@ class FeaturesResult:
     up_to_date: bool = False
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every input mode of ``features`` shares (see :func:`vcf.stages.features.features`).
+
+    Attributes:
+        model: A registry name.
+        layers: Layers to write (repeats dropped).
+        oversample: Average the outputs of ten crops (2D).
+        batch_size: Images, frames or clips per forward pass.
+        workers: Loader or decoder processes (None: the engine's default; 0 decodes in this process).
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        weights: A local weights file instead of the model's published weights.
+        overwrite: Replace outputs made with other settings (CSV: recompute existing files).
+        shard: ``K/N``: compute only shard K (from 0) of N, whole videos. Collections: part BigFiles under
+            ``FeatureData/.vcf-shards/`` that :func:`vcf.merge` assembles; CSV: disjoint .npy files, failures
+            in ``<csv stem>.<K>-of-<N>.failures.txt``.
+        engine: ``local`` or ``ray`` (see :data:`vcf.run.engines.ENGINES`).
+        ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
+    """
+
+    model: str
+    layers: Sequence[str] = (DEFAULT_LAYER,)
+    oversample: bool = False
+    batch_size: int = 32
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    weights: str | os.PathLike[str] | None = None
+    overwrite: bool = False
+    shard: str | Shard | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", list(dict.fromkeys(self.layers)))
+
+
 def feature_name(model: str, layer: str, oversample: bool) -> str:
     """The feature directory name: ``<model>,<layer>[,os]`` (``/`` in timm names becomes ``_``)."""
     return f"{model.replace('/', '_')},{layer}" + (",os" if oversample else "")

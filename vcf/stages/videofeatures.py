@@ -118,6 +118,27 @@ def video_sampling(
     return Sampling(fps=fps, every=every, num_frames=num_frames)
 
 
+@dataclass(frozen=True)
+class VideoSelection:
+    """The options that choose what is computed of each video: frames (2D models) or clips (3D models)."""
+
+    fps: float | None = None
+    every: int | None = None
+    num_frames: int | None = None
+    clip_len: int | None = None
+    clip_stride: int | None = None
+    clip_fps: float | None = None
+
+    def resolve(self, record: Any, default_fps: float | None) -> tuple[ClipSettings | None, Sampling]:
+        """The clip settings (3D models) and the frame selection for ``record``'s model.
+
+        Raises:
+            VcfError: Options of the other kind of model, or values out of range.
+        """
+        clips = clip_settings(record, self.clip_len, self.clip_stride, self.clip_fps)
+        return clips, video_sampling(record, clips, self.fps, self.every, self.num_frames, default_fps)
+
+
 class ExactResizeCrop:
     """Resizes a frame to exactly (height, width), then takes the centre crop, like torchvision's video models.
 
