@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from enum import Enum
 from typing import Any, TypeVar
 
 import typer
@@ -116,8 +117,10 @@ def vcf_errors() -> Iterator[None]:
 
 def run_stage(function: Callable[..., T], quiet: bool, **kwargs: Any) -> T:
     """Calls a stage function with a progress callback, handling VcfError."""
+    # Choices arrive as enumerations; the library takes their values.
+    plain = {key: value.value if isinstance(value, Enum) else value for key, value in kwargs.items()}
     with vcf_errors(), RichProgress(quiet) as callback:
-        return function(progress=callback, **kwargs)
+        return function(progress=callback, **plain)
 
 
 def report_failures(failures: Sequence[tuple[str, str]], failures_file: Any, quiet: bool, what: str = "item") -> None:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from vcf.cli.app import app, run_stage
-
-ROOTPATH_OPTION = typer.Option(
-    None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
-)
+from vcf.cli.options import Collection, Rootpath
 
 
 @app.command("check")
 def check_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: Collection,
     feature: str = typer.Argument(None, help="Check only this feature directory [default: all of them]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, notes or summary; problems only."),
-    rootpath: Path = ROOTPATH_OPTION,
+    rootpath: Rootpath = None,
 ) -> None:
     """Verify COLLECTION: frames, index files, features and what killed runs left behind.
 

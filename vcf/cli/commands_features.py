@@ -7,11 +7,22 @@ from pathlib import Path
 import typer
 
 from vcf.cli.app import app, report_failures, run_stage
-from vcf.cli.commands_merge import ENGINE_OPTION, RAY_ADDRESS_OPTION, SHARD_OPTION, shard_note
-
-VIDEO = "Videos (--from-video, --csv, 3D)"
-ROOTPATH_OPTION = typer.Option(
-    None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
+from vcf.cli.options import (
+    VIDEO,
+    DeviceOption,
+    DtypeOption,
+    Engine,
+    EngineName,
+    ModelTypeOption,
+    Overwrite,
+    PrecisionOption,
+    Quiet,
+    RayAddress,
+    Rootpath,
+    ShardSpec,
+    VideoTimeout,
+    Workers,
+    shard_note,
 )
 
 
@@ -30,11 +41,11 @@ def features_command(
     layer: list[str] = typer.Option(["avgpool"], "--layer", "-l", help="Layer to write; repeat for several."),
     oversample: bool = typer.Option(False, "--oversample", help="Average 10 crops (adds ',os' to the name)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
-    workers: int = typer.Option(None, "--workers", help="Image decoding processes [default: CPU count]."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    workers: Workers = None,
+    device: DeviceOption = "auto",  # type: ignore[assignment]
+    precision: PrecisionOption = "auto",  # type: ignore[assignment]
     weights: Path = typer.Option(None, "--weights", help="Local state_dict or checkpoint to load."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs made with other settings."),
+    overwrite: Overwrite = False,
     fast_decode: bool = typer.Option(
         False, "--fast-decode", help="Decode large JPEGs at 1/2-1/8 size in the DCT: faster, near-equal features."
     ),
@@ -44,20 +55,18 @@ def features_command(
     compile_model: bool = typer.Option(
         False, "--compile", help="Run the model through torch.compile (compiles first; mostly for GPUs)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
-    rootpath: Path = ROOTPATH_OPTION,
-    shard: str = SHARD_OPTION,
-    engine: str = ENGINE_OPTION,
-    ray_address: str = RAY_ADDRESS_OPTION,
+    quiet: Quiet = False,
+    rootpath: Rootpath = None,
+    shard: ShardSpec = None,
+    engine: Engine = EngineName.local,  # type: ignore[attr-defined]
+    ray_address: RayAddress = None,
     from_video: bool = typer.Option(
         False, "--from-video", help="Decode COLLECTION/VideoData directly; no frame files.", rich_help_panel=VIDEO
     ),
     csv: Path = typer.Option(
         None, "--csv", help="CSV with header video_path,feature_path: one .npy (T x D) a video.", rich_help_panel=VIDEO
     ),
-    model_type: str = typer.Option(
-        None, "--type", help="2d or 3d: pick that kind's default model (checks --model's kind).", rich_help_panel=VIDEO
-    ),
+    model_type: ModelTypeOption = None,
     fps: float = typer.Option(
         None, "--fps", help="2D: keep a frame every 1/R s (default: two a second; --csv: 1).", rich_help_panel=VIDEO
     ),
@@ -77,12 +86,8 @@ def features_command(
     l2_normalize: bool = typer.Option(
         False, "--l2-normalize", help="--csv: divide each row by its L2 norm.", rich_help_panel=VIDEO
     ),
-    dtype: str = typer.Option(
-        None, "--dtype", help="--csv: float32 or float16 (default: float32).", rich_help_panel=VIDEO
-    ),
-    video_timeout: float = typer.Option(
-        None, "--video-timeout", help="Fail a video whose decoder is silent this many seconds.", rich_help_panel=VIDEO
-    ),
+    dtype: DtypeOption = None,
+    video_timeout: VideoTimeout = None,
 ) -> None:
     """Compute CNN features of the frames in COLLECTION/id.imagepath.txt, or straight from videos.
 

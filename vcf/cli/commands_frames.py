@@ -2,39 +2,42 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from vcf.cli.app import app, report_failures, run_stage
-from vcf.cli.commands_merge import ENGINE_OPTION, RAY_ADDRESS_OPTION, SHARD_OPTION, shard_note
-
-ROOTPATH_OPTION = typer.Option(
-    None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
+from vcf.cli.options import (
+    Collection,
+    Engine,
+    EngineName,
+    Quiet,
+    RayAddress,
+    Rootpath,
+    ShardSpec,
+    VideoTimeout,
+    Workers,
+    shard_note,
 )
 
 
 @app.command("frames")
 def frames_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: Collection,
     fps: float = typer.Option(None, "--fps", help="Keep the first frame at or after each 1/R seconds."),
     every: int = typer.Option(None, "--every", help="Keep every N-th decoded frame."),
     num_frames: int = typer.Option(None, "--num-frames", help="Keep K frames spread uniformly over each video."),
     size: int = typer.Option(0, "--size", help="Resize saved frames so the shorter side is S (0 keeps the size)."),
     quality: int = typer.Option(95, "--quality", help="JPEG quality."),
-    workers: int = typer.Option(None, "--workers", help="Videos decoded in parallel [default: CPU count]."),
+    workers: Workers = None,
     relative_paths: bool = typer.Option(
         False, "--relative-paths", help="Write image paths relative to the collection."
     ),
-    video_timeout: float = typer.Option(
-        None, "--video-timeout", help="Seconds one video may take before it is reported as hung."
-    ),
+    video_timeout: VideoTimeout = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo every video, even complete ones."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
-    rootpath: Path = ROOTPATH_OPTION,
-    shard: str = SHARD_OPTION,
-    engine: str = ENGINE_OPTION,
-    ray_address: str = RAY_ADDRESS_OPTION,
+    quiet: Quiet = False,
+    rootpath: Rootpath = None,
+    shard: ShardSpec = None,
+    engine: Engine = EngineName.local,  # type: ignore[attr-defined]
+    ray_address: RayAddress = None,
 ) -> None:
     """Decode every video in COLLECTION/VideoData into sampled JPEG frames.
 

@@ -1,39 +1,19 @@
-"""``vcf merge``: assemble the parts of a sharded run; also the scale-out options of ``frames`` and ``features``."""
+"""``vcf merge``: assemble the parts of a sharded run into the normal outputs."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import typer
 
 from vcf.cli.app import app, run_stage
-
-ROOTPATH_OPTION = typer.Option(
-    None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
-)
-SHARD_OPTION = typer.Option(
-    None,
-    "--shard",
-    help="K/N: do only shard K (from 0) of N, e.g. $SLURM_ARRAY_TASK_ID/N; then `vcf merge` (--csv: no merge).",
-)
-ENGINE_OPTION = typer.Option("local", "--engine", help="local, or ray (a Ray cluster: pip install 'vcf[ray]').")
-RAY_ADDRESS_OPTION = typer.Option(
-    None, "--ray-address", help="Ray cluster address (host:port) [default: $RAY_ADDRESS or a local Ray]."
-)
-
-
-def shard_note(shard: str | None, collection: str) -> None:
-    """Reminds that a shard's part is merged once every shard is done."""
-    if shard is not None:
-        typer.echo(f"shard {shard} done; when all shards are, run: vcf merge {collection}", err=True)
+from vcf.cli.options import Collection, Quiet, Rootpath
 
 
 @app.command("merge")
 def merge_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: Collection,
     feature: str = typer.Argument(None, help="Merge only this feature [default: frames and every feature]."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
-    rootpath: Path = ROOTPATH_OPTION,
+    quiet: Quiet = False,
+    rootpath: Rootpath = None,
 ) -> None:
     """Assemble the parts written by `vcf frames/features --shard K/N` into the normal outputs.
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import typer
 
 from vcf.cli.app import app, report_failures, run_stage
+from vcf.cli.options import Collection, Quiet, Rootpath
 
-ROOTPATH_HELP = "Where named collections live (default: ~/VisualSearch)."
 OVERWRITE_HELP = "Replace an existing output made from other input or settings."
-QUIET_HELP = "No progress bar or summary table."
 
 
 class PoolMethod(str, Enum):
@@ -30,12 +29,12 @@ class Compression(str, Enum):
 
 @app.command("pool")
 def pool_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: Collection,
     feature: str = typer.Argument(..., help="Frame-level feature name (a directory in FeatureData)."),
     method: PoolMethod = typer.Option(PoolMethod.mean, "--method", "-m", help="How frames are pooled."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
-    rootpath: Path = typer.Option(None, "--rootpath", envvar="VCF_ROOTPATH", help=ROOTPATH_HELP),
+    quiet: Quiet = False,
+    rootpath: Rootpath = None,
 ) -> None:
     """Pool frame-level features into one vector per video.
 
@@ -59,12 +58,12 @@ def pool_command(
 
 @app.command("concat")
 def concat_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: Collection,
     features: str = typer.Argument(..., help="Feature names joined by '+', e.g. A+B."),
     intersect: bool = typer.Option(False, "--intersect", help="Keep only the ids all features share."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
-    rootpath: Path = typer.Option(None, "--rootpath", envvar="VCF_ROOTPATH", help=ROOTPATH_HELP),
+    quiet: Quiet = False,
+    rootpath: Rootpath = None,
 ) -> None:
     """Concatenate features of the same ids into FeatureData/A+B.
 
@@ -105,8 +104,8 @@ def to_h5_command(
     compression: Compression = typer.Option(None, "--compression", help="Compress the datasets."),
     numpy_dir: Path = typer.Option(None, "--numpy-dir", help="Convert every .npy file of this directory instead."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
-    rootpath: Path = typer.Option(None, "--rootpath", envvar="VCF_ROOTPATH", help=ROOTPATH_HELP),
+    quiet: Quiet = False,
+    rootpath: Rootpath = None,
 ) -> None:
     """Write a feature, or a directory of .npy files, to one HDF5 file.
 

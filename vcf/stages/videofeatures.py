@@ -17,7 +17,7 @@ from vcf.errors import VcfError
 from vcf.io.preprocess import FrameTransform
 from vcf.io.video import decode_selected
 from vcf.models.inference import Normalization
-from vcf.models.registry import KINDS, model_kind
+from vcf.models.kinds import KINDS, model_kind
 from vcf.run.jobs import VideoJob
 from vcf.sampling import Sampling
 
