@@ -12,7 +12,8 @@ import pytest
 
 from vcf.errors import CollectionError, FeatureFileError, OutputExistsError
 from vcf.io.atomic import TMP_MARK, read_manifest
-from vcf.io.bigfile import BigFile, BigFileWriter, txt_to_bigfile, write_bigfile
+from vcf.io.bigfile import BigFile, BigFileWriter, write_bigfile
+from vcf.io.bigfile_text import txt_to_bigfile
 
 REFERENCE_FEATURE = "resnext101_32x48d_wsl,avgpool"
 

@@ -310,13 +310,15 @@ def write_id_list(path: Path, ids: Iterable[str]) -> None:
     atomic_write_text(path, "".join(f"{i}\n" for i in ids))
 
 
-def write_failures(path: Path, failures: Iterable[tuple[str, str]]) -> None:
-    """Writes ``<item> <reason>`` lines to a failures file, or removes it when there are none."""
+def write_failures(path: Path, failures: Iterable[tuple[str, str]]) -> Path | None:
+    """Writes ``<item> <reason>`` lines to a failures file, or removes it when there are none; returns it or None."""
     failures = list(failures)
     if failures:
         atomic_write_text(path, "".join(f"{item} {' '.join(reason.split())}\n" for item, reason in failures))
-    elif path.exists():
+        return path
+    if path.exists():
         path.unlink()
+    return None
 
 
 def videos_digest(coll: Collection, videos: dict[str, Path]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vcf.models import catalog  # noqa: F401  (registers the shipped models)
 from vcf.models.extractor import FeatureExtractor, build_extractor
 from vcf.models.registry import (
     LAYER_ALIASES,

@@ -47,8 +47,18 @@ class Engine(Protocol):
         ...
 
 
+class Closing:
+    """Makes an engine a context manager that releases what it holds on exit."""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+
 @dataclass
-class LocalEngine:
+class LocalEngine(Closing):
     """This machine: isolated decoder processes and the model in this process."""
 
     address: str | None = None
@@ -82,7 +92,7 @@ class LocalEngine:
 
 
 @dataclass
-class RayEngine:
+class RayEngine(Closing):
     """A Ray cluster: decoding and preprocessing in Ray tasks, the model in actors (see :mod:`vcf.run.ray_engine`)."""
 
     address: str | None = None
@@ -109,7 +119,7 @@ class RayEngine:
         return feature_batches(job, batches)
 
     def video_rows(self, job, paths, wanted, on_items):  # type: ignore[no-untyped-def]
-        from vcf.run.ray_engine import video_rows
+        from vcf.run.ray_videos import video_rows
 
         return video_rows(job, paths, wanted=wanted, on_items=on_items)
 
@@ -122,22 +132,6 @@ class RayEngine:
 ENGINES: dict[str, type[LocalEngine] | type[RayEngine]] = {"local": LocalEngine, "ray": RayEngine}
 
 
-def check_engine(engine: str, ray_address: str | None) -> None:
-    """Checks ``--engine`` and ``--ray-address`` together.
-
-    Raises:
-        VcfError: An unknown engine, an address without ``--engine ray``, or Ray missing.
-    """
-    if engine not in ENGINES:
-        raise VcfError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
-    if ray_address and engine != "ray":
-        raise VcfError("--ray-address needs --engine ray")
-    if engine == "ray":
-        from vcf.run.ray_engine import require_ray
-
-        require_ray()
-
-
 def parse_scale_out(shard: str | Shard | None, engine: str, ray_address: str | None) -> Shard | None:
     """Checks the ``--shard``, ``--engine`` and ``--ray-address`` options together.
 
@@ -148,11 +142,17 @@ def parse_scale_out(shard: str | Shard | None, engine: str, ray_address: str | N
         VcfError: A malformed shard, an unknown engine, an address without ``--engine ray``, or
             ``--engine ray`` without Ray installed.
     """
-    check_engine(str(engine), ray_address)
+    if engine not in ENGINES:
+        raise VcfError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
+    if ray_address and engine != "ray":
+        raise VcfError("--ray-address needs --engine ray")
+    if engine == "ray":
+        from vcf.run.ray_engine import require_ray
+
+        require_ray()
     return None if shard is None else Shard.parse(shard)
 
 
 def open_engine(engine: str, ray_address: str | None) -> LocalEngine | RayEngine:
-    """The engine named ``engine`` (from :data:`ENGINES`), connected."""
-    check_engine(str(engine), ray_address)
-    return ENGINES[str(engine)](ray_address)
+    """The engine named ``engine`` (from :data:`ENGINES`; checked by :func:`parse_scale_out`), connected."""
+    return ENGINES[engine](ray_address)

@@ -2,100 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vcf.errors import CollectionError, FeatureFileError, VcfError
+from vcf.errors import CollectionError, FeatureFileError
 from vcf.io import collection as layout
-from vcf.io.atomic import MANIFEST_NAME, TMP_MARK, lock_owner, pid_alive, read_manifest, recorded_pid
+from vcf.io.atomic import MANIFEST_NAME, read_manifest
 from vcf.io.bigfile import BigFile
-from vcf.io.collection import FRAME_META, WORK_PREFIX, Collection
+from vcf.io.collection import FRAME_META, Collection
 from vcf.progress import ProgressCallback, Reporter
-from vcf.run.store import count_parts
-from vcf.stages.merge import MergeResult, has_parts, plan_feature, plan_frames
-
-# Per kind of problem, this many items are named one by one; the rest are counted in one line.
-DETAIL_LIMIT = 20
-JPEG_START = b"\xff\xd8"
-JPEG_END = b"\xff\xd9"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding.
-
-    Attributes:
-        where: The file, directory or ``file:line`` concerned, relative to the collection when inside it.
-        what: What is wrong, in one line.
-    """
-
-    where: str
-    what: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.what}"
-
-
-@dataclass
-class CheckResult:
-    """What :func:`check` found.
-
-    Attributes:
-        collection: The collection directory.
-        problems: Everything that is wrong; empty when all is well.
-        notes: Facts worth knowing that are not errors (items listed in failures files, runs in progress,
-            outputs made by other tools that cannot be fully verified).
-        videos: Frame directories checked.
-        frames: Frame files checked.
-        features: Feature directories checked.
-    """
-
-    collection: Path
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[Problem] = field(default_factory=list)
-    videos: int = 0
-    frames: int = 0
-    features: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when no problem was found."""
-        return not self.problems
-
-
-class _Findings:
-    """Collects problems, naming the first few of each kind and counting the rest."""
-
-    def __init__(self, result: CheckResult) -> None:
-        self.result = result
-        self._counts: dict[str, int] = {}
-        self._hidden: dict[str, tuple[str, int]] = {}
-        self.rows_total = 0
-
-    def add(self, where: str, what: str, kind: str | None = None) -> None:
-        kind = kind or what
-        count = self._counts.get(kind, 0) + 1
-        self._counts[kind] = count
-        if count <= DETAIL_LIMIT:
-            self.result.problems.append(Problem(where, what))
-        else:
-            self._hidden[kind] = (where, count - DETAIL_LIMIT)
-
-    def note(self, where: str, what: str) -> None:
-        self.result.notes.append(Problem(where, what))
-
-    def finish(self) -> None:
-        for kind, (where, more) in self._hidden.items():
-            self.result.problems.append(Problem(where, f"... and {more} more like: {kind}"))
+from vcf.stages.check_outputs import (
+    JPEG_END,
+    JPEG_START,
+    CheckResult,
+    Findings,
+    check_h5,
+    check_input_unchanged,
+    check_leftovers,
+    check_shards,
+    read_lines,
+    relative_name,
+)
 
 
 def check(
@@ -131,128 +64,22 @@ def check(
     """
     coll = layout.resolve_collection(collection, rootpath)
     result = CheckResult(collection=coll.root)
-    findings = _Findings(result)
+    findings = Findings(result)
     reporter = Reporter(progress)
-    _check_leftovers(coll, findings)
-    _check_shards(coll, feature, findings)
+    check_leftovers(coll, findings)
+    check_shards(coll, feature, findings)
     imagepath_ids = _check_frames(coll, findings, reporter)
     for name in [feature] if feature is not None else coll.list_features():
         _check_feature(coll, name, imagepath_ids, findings, reporter)
         result.features += 1
     if feature is None:
-        _check_h5(coll, findings)
+        check_h5(coll, findings)
     for path in sorted(coll.root.glob("*.failures.txt")):
-        lines = sum(1 for line in _read_lines(path) if line.strip())
+        lines = sum(1 for line in read_lines(path) if line.strip())
         if lines:
             findings.note(path.name, f"{lines} item(s) failed in the last run of this stage (not an inconsistency)")
     findings.finish()
     return result
-
-
-def _rel(coll: Collection, path: Path) -> str:
-    try:
-        return str(path.relative_to(coll.root))
-    except ValueError:
-        return str(path)
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    except OSError:
-        return []
-
-
-# Leftovers of killed runs ------------------------------------------------------------------------
-
-
-def _scan_dirs(coll: Collection) -> Iterable[Path]:
-    yield coll.root
-    subdirs = (coll.image_dir, coll.feature_root, coll.root / "H5Data", coll.videoset_file.parent)
-    for sub in (*subdirs, coll.imageset_file.parent):
-        if sub.is_dir():
-            yield sub
-
-
-def _check_leftovers(coll: Collection, findings: _Findings) -> None:
-    for directory in _scan_dirs(coll):
-        try:
-            entries = sorted(directory.iterdir())
-        except OSError:
-            continue
-        for entry in entries:
-            name = entry.name
-            where = _rel(coll, entry)
-            if name.startswith(".") and TMP_MARK in name:
-                pid = name.rsplit("-", 1)[-1]
-                if pid.isdigit() and pid_alive(int(pid)):
-                    findings.note(where, f"being written by running process {pid}")
-                else:
-                    findings.add(
-                        where,
-                        "temporary output left by a killed or failed run; the next run of its stage removes it",
-                        kind="temporary output left by a killed or failed run",
-                    )
-            elif name.startswith(".") and name.endswith(".lock") and entry.is_file():
-                owner = lock_owner(entry)
-                recorded = recorded_pid(entry)
-                if owner is not None:
-                    findings.note(where, f"held by running process {owner}")
-                elif recorded is not None:
-                    findings.add(
-                        where,
-                        f"stale lock of process {recorded}, which died without releasing it; "
-                        "the next run takes it over",
-                        kind="stale lock",
-                    )
-            elif directory == coll.feature_root and name.startswith(WORK_PREFIX) and entry.is_dir():
-                _check_work_dir(coll, entry, findings)
-
-
-def _check_work_dir(coll: Collection, work: Path, findings: _Findings) -> None:
-    """An unfinished ``features`` run: reports how far it got."""
-    locks = [p for p in coll.features_locks() if lock_owner(p) is not None]
-    if locks:
-        findings.note(_rel(coll, work), "work directory of a features run in progress")
-        return
-    done = count_parts(work)
-    of = ""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        settings = json.loads((work / "settings.json").read_text(encoding="utf-8"))
-        of = f" of a run over {int(settings['settings']['input']['count'])} inputs"
-    findings.add(
-        _rel(coll, work),
-        f"unfinished features run ({done} part(s) saved{of}); run the same `vcf features` command to finish it",
-        kind="unfinished features run",
-    )
-
-
-def _check_shards(coll: Collection, feature: str | None, findings: _Findings) -> None:
-    """Parts of sharded runs not merged yet: what ``vcf merge`` would do with them, or why it cannot yet."""
-    targets: list[tuple[str, Path, Callable[[], object]]] = []
-    quiet = Reporter(None)
-    if feature is None:
-        frames_root = coll.frames_shard_root
-        targets.append(("frames", frames_root, lambda: plan_frames(coll, MergeResult(coll.root), quiet)))
-    root = coll.feature_shard_root
-    names = [feature] if feature is not None else sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-    for name in names:
-        targets.append((name, root / name, lambda n=name: plan_feature(coll, n, MergeResult(coll.root), quiet)))
-    for what, part_root, prepare in targets:
-        if not has_parts(part_root):
-            continue
-        where = _rel(coll, part_root)
-        try:
-            prepare()
-        except VcfError as exc:
-            findings.add(where, f"shard parts not merged: {exc}", kind="unmerged shards")
-            continue
-        findings.add(
-            where,
-            f"every shard of {what} is complete but not merged; run `vcf merge {coll.root}"
-            f"{'' if what == 'frames' else ' ' + what}`",
-            kind="unmerged shards",
-        )
 
 
 # Frames and index files --------------------------------------------------------------------------
@@ -292,14 +119,14 @@ def _read_frame_record(frame_dir: Path) -> dict[str, Any] | str | None:
         return f"unreadable completion record {FRAME_META} ({type(exc).__name__})"
 
 
-def _parse_index(coll: Collection, path: Path, findings: _Findings) -> list[tuple[str, str]] | None:
+def _parse_index(coll: Collection, path: Path, findings: Findings) -> list[tuple[str, str]] | None:
     """``(id, value)`` lines of an index file; malformed lines and duplicate ids are reported."""
     if not path.is_file():
         return None
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
-    rel = _rel(coll, path)
-    for number, line in enumerate(_read_lines(path), start=1):
+    rel = relative_name(coll, path)
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split(" ", 1)
@@ -314,7 +141,7 @@ def _parse_index(coll: Collection, path: Path, findings: _Findings) -> list[tupl
     return pairs
 
 
-def _check_frames(coll: Collection, findings: _Findings, reporter: Reporter) -> list[str] | None:
+def _check_frames(coll: Collection, findings: Findings, reporter: Reporter) -> list[str] | None:
     """Checks ImageData and the index files; returns the ids of id.imagepath.txt (None without it)."""
     result = findings.result
     records: dict[str, dict[str, Any]] = {}
@@ -327,7 +154,7 @@ def _check_frames(coll: Collection, findings: _Findings, reporter: Reporter) -> 
     reporter.total("videos", len(frame_dirs))
     for frame_dir in frame_dirs:
         video_id = frame_dir.name
-        where = _rel(coll, frame_dir)
+        where = relative_name(coll, frame_dir)
         record = _read_frame_record(frame_dir)
         jpgs = {p.name for p in frame_dir.glob("*.jpg")}
         if record is None:
@@ -359,7 +186,7 @@ def _check_frames(coll: Collection, findings: _Findings, reporter: Reporter) -> 
         reporter.advance("videos", 1, description=video_id)
     if unrecorded:
         findings.note(
-            _rel(coll, coll.image_dir),
+            relative_name(coll, coll.image_dir),
             f"{unrecorded} frame directories have no {FRAME_META} (made by another tool?); "
             "their frames are checked against id.imagepath.txt only",
         )
@@ -371,7 +198,7 @@ def _check_frames(coll: Collection, findings: _Findings, reporter: Reporter) -> 
         _check_imagepath(coll, image_pairs, records, findings)
     elif records:
         findings.add(
-            _rel(coll, coll.imagepath_file),
+            relative_name(coll, coll.imagepath_file),
             f"missing although {len(records)} videos have complete frames; run `vcf frames` again to write it",
             kind="missing index",
         )
@@ -380,9 +207,9 @@ def _check_frames(coll: Collection, findings: _Findings, reporter: Reporter) -> 
 
 
 def _check_imagepath(
-    coll: Collection, pairs: list[tuple[str, str]], records: dict[str, dict[str, Any]], findings: _Findings
+    coll: Collection, pairs: list[tuple[str, str]], records: dict[str, dict[str, Any]], findings: Findings
 ) -> None:
-    rel = _rel(coll, coll.imagepath_file)
+    rel = relative_name(coll, coll.imagepath_file)
     listed: dict[str, list[int]] = {}
     for frame_id, value in pairs:
         path = layout.resolve_index_path(coll, value)
@@ -397,7 +224,7 @@ def _check_imagepath(
     for video, record in records.items():
         if video not in listed:
             findings.add(
-                _rel(coll, coll.frame_dir(video)),
+                relative_name(coll, coll.frame_dir(video)),
                 f"complete but not in {rel}; run `vcf frames` again to update the index",
                 kind=f"complete frames not in {rel}",
             )
@@ -414,13 +241,13 @@ def _short(numbers: list[int]) -> str:
 
 
 def _check_video_indexes(
-    coll: Collection, records: dict[str, dict[str, Any]], image_ids: list[str] | None, findings: _Findings
+    coll: Collection, records: dict[str, dict[str, Any]], image_ids: list[str] | None, findings: Findings
 ) -> None:
     video_pairs = _parse_index(coll, coll.videopath_file, findings)
     if video_pairs is None:
         return
     video_ids = [video for video, _ in video_pairs]
-    rel = _rel(coll, coll.videopath_file)
+    rel = relative_name(coll, coll.videopath_file)
     for video, value in video_pairs:
         path = layout.resolve_index_path(coll, value)
         if not path.is_file():
@@ -429,15 +256,15 @@ def _check_video_indexes(
             findings.add(f"{rel}: {video}", "listed but has no frame directory", kind="listed video without frames")
     meta_pairs = _parse_index(coll, coll.videometa_file, findings)
     if meta_pairs is not None and [v for v, _ in meta_pairs] != video_ids:
-        findings.add(_rel(coll, coll.videometa_file), f"its ids differ from {rel}", kind="videometa ids")
+        findings.add(relative_name(coll, coll.videometa_file), f"its ids differ from {rel}", kind="videometa ids")
     for list_file, expected, what in (
         (coll.videoset_file, video_ids, rel),
-        (coll.imageset_file, image_ids, _rel(coll, coll.imagepath_file)),
+        (coll.imageset_file, image_ids, relative_name(coll, coll.imagepath_file)),
     ):
         if expected is not None and list_file.is_file() and layout.read_id_list(list_file) != expected:
-            findings.add(_rel(coll, list_file), f"its ids differ from {what}", kind=f"{list_file.name} ids")
+            findings.add(relative_name(coll, list_file), f"its ids differ from {what}", kind=f"{list_file.name} ids")
     if coll.video_dir.is_dir() and coll.image_dir.is_dir():
-        failed = {line.split(" ", 1)[0] for line in _read_lines(coll.failures_file("frames")) if line.strip()}
+        failed = {line.split(" ", 1)[0] for line in read_lines(coll.failures_file("frames")) if line.strip()}
         listed = set(video_ids)
         waiting = [
             video
@@ -447,7 +274,7 @@ def _check_video_indexes(
         ]
         if waiting:
             findings.add(
-                _rel(coll, coll.video_dir),
+                relative_name(coll, coll.video_dir),
                 f"{len(waiting)} video(s) have no frames in the index and are not in frames.failures.txt "
                 f"(e.g. {waiting[0]}); run `vcf frames` to finish",
                 kind="videos not processed",
@@ -458,14 +285,14 @@ def _check_video_indexes(
 
 
 def _check_feature(
-    coll: Collection, name: str, image_ids: list[str] | None, findings: _Findings, reporter: Reporter
+    coll: Collection, name: str, image_ids: list[str] | None, findings: Findings, reporter: Reporter
 ) -> None:
     try:
         directory = coll.feature_dir(name)
     except CollectionError as exc:  # an invalid name given on the command line
         findings.add(name, str(exc))
         return
-    where = _rel(coll, directory)
+    where = relative_name(coll, directory)
     if not directory.is_dir():
         present = coll.list_features()
         hint = f"; present: {', '.join(present[:10])}" if present else ""
@@ -490,7 +317,7 @@ def _check_feature(
     _check_manifest(coll, bigfile, manifest, where, image_ids, findings)
 
 
-def _check_values(bigfile: BigFile, where: str, findings: _Findings, reporter: Reporter) -> None:
+def _check_values(bigfile: BigFile, where: str, findings: Findings, reporter: Reporter) -> None:
     bad_rows = 0
     examples: list[str] = []
     findings.rows_total += bigfile.nr_of_images
@@ -516,7 +343,7 @@ def _check_manifest(
     manifest: dict[str, Any],
     where: str,
     image_ids: list[str] | None,
-    findings: _Findings,
+    findings: Findings,
 ) -> None:
     shape = manifest.get("shape")
     if shape is not None and list(shape) != bigfile.shape():
@@ -544,11 +371,11 @@ def _check_manifest(
             if isinstance(item, dict) and item.get("feature"):
                 inputs.append((str(item["feature"]), item))
     for input_name, recorded in inputs:
-        _check_input_unchanged(coll, input_name, recorded, where, findings)
+        check_input_unchanged(coll, input_name, recorded, where, findings)
 
 
 def _check_rows_follow_index(
-    bigfile: BigFile, image_ids: list[str], manifest: dict[str, Any], where: str, findings: _Findings
+    bigfile: BigFile, image_ids: list[str], manifest: dict[str, Any], where: str, findings: Findings
 ) -> None:
     """A frame-level feature holds the index's ids, in its order, less the failed ones."""
     position = {frame_id: n for n, frame_id in enumerate(image_ids)}
@@ -566,59 +393,3 @@ def _check_rows_follow_index(
             f"{bigfile.nr_of_images} rows + {failures} failures != {len(image_ids)} images in id.imagepath.txt",
             kind="row count",
         )
-
-
-def _check_input_unchanged(
-    coll: Collection, input_name: str, recorded: dict[str, Any], where: str, findings: _Findings
-) -> None:
-    try:
-        directory = coll.feature_dir(input_name)
-    except CollectionError:
-        return
-    if not directory.is_dir():
-        findings.add(where, f"its input feature {input_name!r} no longer exists", kind="input gone")
-        return
-    try:
-        current = BigFile(directory).describe()
-    except (FeatureFileError, OSError):
-        return  # the input's own check reports it
-    keys = ("shape", "ids_sha1", "manifest_sha1")
-    changed = [key for key in keys if key in recorded and recorded[key] != current[key]]
-    if changed:
-        findings.add(
-            where,
-            f"its input {input_name!r} changed since it was made ({', '.join(changed)}); rerun with --overwrite",
-            kind="stale derived feature",
-        )
-
-
-# HDF5 ----------------------------------------------------------------------------------------------
-
-
-def _check_h5(coll: Collection, findings: _Findings) -> None:
-    h5_dir = coll.root / "H5Data"
-    files = sorted(p for p in h5_dir.glob("*.h5") if not p.name.startswith(".")) if h5_dir.is_dir() else []
-    if not files:
-        return
-    import h5py
-
-    for path in files:
-        where = _rel(coll, path)
-        try:
-            with h5py.File(path, "r") as h5:
-                if h5.attrs.get("layout") == "matrix":
-                    rows, dims = int(h5.attrs["rows"]), int(h5.attrs["dims"])
-                    if h5["features"].shape != (rows, dims) or h5["ids"].shape != (rows,):
-                        findings.add(where, f"datasets do not have the {rows} x {dims} shape its attributes record")
-                stamp = h5.attrs.get("source")
-        except (OSError, KeyError, ValueError) as exc:
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-            findings.add(where, f"cannot be read as HDF5 (truncated or damaged?): {reason}", kind="unreadable h5")
-            continue
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            recorded = json.loads(stamp) if stamp else None
-            if recorded is not None:
-                _check_input_unchanged(coll, str(recorded["feature"]), recorded["input"], where, findings)
-
-
-# `vcf.check(...)` stays a call of the stage function once this module is imported.

@@ -229,8 +229,7 @@ def features_from_csv(
     result.reused = len(rows) - len(todo)
     failed_outputs: set[Path] = set()
     if todo:  # the model is loaded only when there is work, and before any progress is shown
-        runner = open_engine(run.engine, run.ray_address)
-        try:
+        with open_engine(run.engine, run.ray_address) as runner:
             torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
             record, extractor, _ = resolve_model(record.name, run.layers, run.weights)
             job = video_job(record, extractor, spec, torch_device, chosen_precision, run.workers, video_timeout)
@@ -260,8 +259,6 @@ def features_from_csv(
                 elif video is None:  # completed by another run meanwhile
                     result.reused += 1
                 reporter.advance("videos", 1, description=row.video.name)
-        finally:
-            runner.close()
     else:
         reporter.total("videos", result.videos)
         reporter.advance("videos", len(rows) - len(todo) + len(failures))
@@ -270,6 +267,5 @@ def features_from_csv(
     result.shapes[layer] = (len(result.outputs), dims)
     result.failures = failures
     failures_path = layout.csv_failures_path(csv_path, None if shard_spec is None else shard_spec.name)
-    layout.write_failures(failures_path, failures)
-    result.failures_file = failures_path if failures else None
+    result.failures_file = layout.write_failures(failures_path, failures)
     return result

@@ -250,29 +250,11 @@ def frames(
     settings = FrameSettings(Sampling(fps=fps, every=every, num_frames=num_frames), size=size, quality=quality)
     coll = layout.resolve_collection(collection, rootpath)
     spec = parse_scale_out(shard, engine, ray_address)
-    runner = open_engine(engine, ray_address)
-    try:
-        return _frames(coll, settings, spec, runner, workers, relative_paths, overwrite, video_timeout, progress)
-    finally:
-        runner.close()
-
-
-def _frames(
-    coll: Collection,
-    settings: FrameSettings,
-    spec: Shard | None,
-    runner: Any,
-    workers: int | None,
-    relative_paths: bool,
-    overwrite: bool,
-    video_timeout: float | None,
-    progress: ProgressCallback | None,
-) -> FramesResult:
-    """The run of :func:`frames` on one engine, over the whole collection or one shard."""
     reporter = Reporter(progress)
     result = FramesResult(collection=coll.root)
     part_dir = None if spec is None else coll.frames_part_dir(spec.name)
-    with OutputLock(coll.frames_lock if spec is None else coll.frames_shard_lock(spec.name)):
+    lock = coll.frames_lock if spec is None else coll.frames_shard_lock(spec.name)
+    with open_engine(engine, ray_address) as runner, OutputLock(lock):
         videos, failures = discover_videos(coll)
         naming: list[tuple[str, str]] = []
         if spec is not None and part_dir is not None:
@@ -332,8 +314,7 @@ def _frames(
             result.frames_total = sum(len(done[v].frames) for v in videos if v in done)
             failures_path = part_dir / "frames.failures.txt"
         result.failures = sorted(failures + naming)
-        layout.write_failures(failures_path, result.failures)
-        result.failures_file = failures_path if result.failures else None
+        result.failures_file = layout.write_failures(failures_path, result.failures)
         if spec is not None and part_dir is not None:
             record = {
                 "shard": [spec.index, spec.count],

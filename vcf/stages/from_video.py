@@ -17,7 +17,7 @@ from vcf.io.collection import Collection, videos_digest
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
 from vcf.run.jobs import VideoRows
-from vcf.run.partition import Shard, assign_videos
+from vcf.run.partition import assign_videos
 from vcf.run.store import WorkStore
 from vcf.stages.frames import discover_videos
 from vcf.stages.outputs import (
@@ -178,8 +178,7 @@ def features_from_videos(
     if not videos and not failures:
         raise VcfError(f"no video files in {coll.video_dir}")
     shard_spec = parse_scale_out(run.shard, run.engine, run.ray_address)
-    runner = open_engine(run.engine, run.ray_address)
-    try:
+    with open_engine(run.engine, run.ray_address) as runner:
         torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
         record, extractor, weights_info = resolve_model(record.name, run.layers, run.weights)
         settings = {
@@ -198,86 +197,72 @@ def features_from_videos(
         }
         job = video_job(record, extractor, spec, torch_device, chosen_precision, run.workers, video_timeout)
         work = {"settings": settings, "layers": run.layers, "oversample": run.oversample}
-        return _run(coll, videos, failures, work, job, shard_spec, runner, run.overwrite, progress)
-    finally:
-        runner.close()
+        layers, oversample, settings = work["layers"], work["oversample"], work["settings"]
+        result = FeaturesResult(collection=coll.root)
+        outputs = output_dirs(coll, settings["model"], layers, oversample)
+        result.feature_dirs = dict(outputs)
+        failures_path = coll.failures_file("features")
+        # The same lock as a frames-mode run writing these outputs.
+        with OutputLock(coll.features_lock(outputs_lock_key(outputs), None if shard_spec is None else shard_spec.name)):
+            if shard_spec is None:  # a shard cannot tell whether another node's pid is alive
+                clean_stale_temps(coll.feature_root)
+            pending = pending_outputs(outputs, settings, oversample, run.overwrite, result)
+            if not pending:
+                result.up_to_date = True
+                result.reused = result.shapes[layers[0]][0]
+                result.failures = read_failures(coll)
+                result.failures_file = failures_path if result.failures else None
+                return result
 
+            parts: dict[str, Path] = {}
+            shard_info: dict[str, Any] = {}
+            if shard_spec is not None:
+                mine = assign_videos(videos, shard_spec.count)[shard_spec.index]
+                videos = {video: videos[video] for video in mine}
+                # Unusable file names concern the whole collection: the first shard lists them, as in frames.
+                failures = failures if shard_spec.index == 0 else []
+                shard_info = {"index": shard_spec.index, "count": shard_spec.count, "videos": mine}
+                parts = {layer: coll.feature_part_dir(outputs[layer].name, shard_spec.name) for layer in pending}
+                if all(part_matches(parts[layer], manifest, shard_info) for layer, manifest in pending.items()):
+                    return finished_part(result, parts)
+                for part in parts.values():
+                    remove_path(part)  # a part appears only once its shard completes
+                failures_path = coll.shard_failures_file(shard_spec.name)
+            store = WorkStore(coll.work_dir(digest(work), None if shard_spec is None else shard_spec.name), work)
+            done = VideoParts(store, layers)
+            ids = list(videos)
+            todo = [video for video in ids if not done.done(video)]
+            reporter = Reporter(progress)
+            reporter.total("videos", len(ids) + len(failures))
+            reporter.advance("videos", len(ids) - len(todo) + len(failures))
+            result.reused = done.total_rows()
 
-def _run(
-    coll: Collection,
-    videos: dict[str, Path],
-    failures: list[tuple[str, str]],
-    work: dict[str, Any],
-    job: Any,
-    spec: Shard | None,
-    runner: Any,
-    overwrite: bool,
-    progress: ProgressCallback | None,
-) -> FeaturesResult:
-    """Skips the finished videos, computes the rest on ``runner`` and writes the BigFiles or the shard's parts."""
-    layers, oversample, settings = work["layers"], work["oversample"], work["settings"]
-    result = FeaturesResult(collection=coll.root)
-    outputs = output_dirs(coll, settings["model"], layers, oversample)
-    result.feature_dirs = dict(outputs)
-    failures_path = coll.failures_file("features")
-    # The same lock as a frames-mode run writing these outputs.
-    with OutputLock(coll.features_lock(outputs_lock_key(outputs), None if spec is None else spec.name)):
-        if spec is None:  # a shard cannot tell whether another node's pid is alive
-            clean_stale_temps(coll.feature_root)
-        pending = pending_outputs(outputs, settings, oversample, overwrite, result)
-        if not pending:
-            result.up_to_date = True
-            result.reused = result.shapes[layers[0]][0]
-            result.failures = read_failures(coll)
-            result.failures_file = failures_path if result.failures else None
-            return result
+            def on_items(count: int) -> None:
+                result.computed += count
+                reporter.advance(job.item_task, count)
 
-        parts: dict[str, Path] = {}
-        shard_info: dict[str, Any] = {}
-        if spec is not None:
-            mine = assign_videos(videos, spec.count)[spec.index]
-            videos = {video: videos[video] for video in mine}
-            # Unusable file names concern the whole collection: the first shard lists them, as in frames.
-            failures = failures if spec.index == 0 else []
-            shard_info = {"index": spec.index, "count": spec.count, "videos": mine}
-            parts = {layer: coll.feature_part_dir(outputs[layer].name, spec.name) for layer in pending}
-            if all(part_matches(parts[layer], manifest, shard_info) for layer, manifest in pending.items()):
-                return finished_part(result, parts)
-            for part in parts.values():
-                remove_path(part)  # a part appears only once its shard completes
-            failures_path = coll.shard_failures_file(spec.name)
-        store = WorkStore(coll.work_dir(digest(work), None if spec is None else spec.name), work)
-        done = VideoParts(store, layers)
-        ids = list(videos)
-        todo = [video for video in ids if not done.done(video)]
-        reporter = Reporter(progress)
-        reporter.total("videos", len(ids) + len(failures))
-        reporter.advance("videos", len(ids) - len(todo) + len(failures))
-        result.reused = done.total_rows()
+            for task, rows, reason in runner.video_rows(job, [videos[v] for v in todo], None, on_items):
+                done.add(todo[task], rows, reason)
+                reporter.advance("videos", 1, description=todo[task])
+            done.flush()
 
-        def on_items(count: int) -> None:
-            result.computed += count
-            reporter.advance(job.item_task, count)
-
-        for task, rows, reason in runner.video_rows(job, [videos[v] for v in todo], None, on_items):
-            done.add(todo[task], rows, reason)
-            reporter.advance("videos", 1, description=todo[task])
-        done.flush()
-
-        failures = sorted([*failures, *done.failed.items()])
-        layout.write_failures(failures_path, failures)
-        result.failures = failures
-        result.failures_file = failures_path if failures else None
-        for layer, manifest in pending.items():
-            if spec is None:
-                manifest, out = {**manifest, "failures": len(failures)}, outputs[layer]
-                empty: str | None = f"no video could be decoded, nothing to write to {out}; see features.failures.txt"
-            else:
-                manifest = {**manifest, "shard": {**shard_info, "failures": [list(f) for f in failures]}}
-                out, empty = parts[layer], None
-            dims = store.write_bigfile(done.layer_rows(layer, ids), out, manifest, overwrite or spec is not None, empty)
-            result.shapes[layer] = (done.total_rows(), dims)
-        if parts:
-            result.feature_dirs = dict(parts)
-        store.remove()
-    return result
+            failures = sorted([*failures, *done.failed.items()])
+            result.failures = failures
+            result.failures_file = layout.write_failures(failures_path, failures)
+            for layer, manifest in pending.items():
+                if shard_spec is None:
+                    manifest, out = {**manifest, "failures": len(failures)}, outputs[layer]
+                    empty: str | None = (
+                        f"no video could be decoded, nothing to write to {out}; see features.failures.txt"
+                    )
+                else:
+                    manifest = {**manifest, "shard": {**shard_info, "failures": [list(f) for f in failures]}}
+                    out, empty = parts[layer], None
+                dims = store.write_bigfile(
+                    done.layer_rows(layer, ids), out, manifest, run.overwrite or shard_spec is not None, empty
+                )
+                result.shapes[layer] = (done.total_rows(), dims)
+            if parts:
+                result.feature_dirs = dict(parts)
+            store.remove()
+        return result

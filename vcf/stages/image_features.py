@@ -13,14 +13,13 @@ import numpy as np
 from vcf.errors import VcfError
 from vcf.io import collection as layout
 from vcf.io.atomic import OutputLock, clean_stale_temps, remove_path
-from vcf.io.collection import Collection
 from vcf.io.preprocess import FrameTransform
 from vcf.models.inference import Normalization
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
 from vcf.run.jobs import BatchOutput, ImageJob
 from vcf.run.local import start_loader_server
-from vcf.run.partition import ChunkPlan, Shard, owned_rows, plan_chunks, video_key
+from vcf.run.partition import ChunkPlan, owned_rows, plan_chunks, video_key
 from vcf.run.store import WorkStore
 from vcf.stages.outputs import (
     FeaturesResult,
@@ -63,8 +62,7 @@ def features_from_images(
     if not items:
         raise VcfError(f"{coll.imagepath_file} lists no images")
     refuse_whitespace_ids(coll.imagepath_file, [frame_id for frame_id, _ in items])
-    runner = open_engine(run.engine, run.ray_address)
-    try:
+    with open_engine(run.engine, run.ray_address) as runner:
         torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
         if runner.name == "local":
             start_loader_server(run.workers, torch_device)
@@ -110,83 +108,65 @@ def features_from_images(
         )
         ids = [frame_id for frame_id, _ in items]
         work = {"settings": settings, "layers": run.layers, "oversample": run.oversample}
-        return _run(coll, ids, work, job, spec, runner, run.batch_size, run.overwrite, progress)
-    finally:
-        runner.close()
-
-
-def _run(
-    coll: Collection,
-    ids: list[str],
-    run: dict[str, Any],
-    job: ImageJob,
-    spec: Shard | None,
-    runner: Any,
-    batch_size: int,
-    overwrite: bool,
-    progress: ProgressCallback | None,
-) -> FeaturesResult:
-    """Skips the finished chunks, computes the rest on ``runner`` and writes the BigFiles or the shard's parts."""
-    layers, oversample = run["layers"], run["oversample"]
-    result = FeaturesResult(collection=coll.root)
-    outputs = output_dirs(coll, run["settings"]["model"], layers, oversample)
-    result.feature_dirs = dict(outputs)
-    count = len(ids)
-    with OutputLock(coll.features_lock(outputs_lock_key(outputs), None if spec is None else spec.name)):
-        clean_stale_temps(coll.feature_root)
-        manifests = pending_outputs(outputs, run["settings"], oversample, overwrite, result)
-        if not manifests:
-            result.up_to_date = True
-            result.reused = count
-            result.failures = read_failures(coll)
-            result.failures_file = coll.failures_file("features") if result.failures else None
-            return result
-        owned = range(count) if spec is None else owned_rows([video_key(i) for i in ids], spec)
-        plans = plan_chunks(count, owned, batch_size, CHUNK_SIZE)
-        key = digest({"settings": run["settings"], "layers": layers, "os": oversample})
-        store_settings = dict(run)
-        parts: dict[str, Any] = {}
-        if spec is not None:
-            store_settings = {**run, "shard": [spec.index, spec.count], "rows": [owned.start, owned.stop]}
-            parts = {layer: coll.feature_part_dir(outputs[layer].name, spec.name) for layer in manifests}
-            info = shard_info(spec, owned, count)
-            if all(part_matches(parts[layer], manifest, info) for layer, manifest in manifests.items()):
-                result = finished_part(result, parts)
-                result.reused = len(owned)
+        layers, oversample = work["layers"], work["oversample"]
+        result = FeaturesResult(collection=coll.root)
+        outputs = output_dirs(coll, work["settings"]["model"], layers, oversample)
+        result.feature_dirs = dict(outputs)
+        count = len(ids)
+        with OutputLock(coll.features_lock(outputs_lock_key(outputs), None if spec is None else spec.name)):
+            clean_stale_temps(coll.feature_root)
+            manifests = pending_outputs(outputs, work["settings"], oversample, run.overwrite, result)
+            if not manifests:
+                result.up_to_date = True
+                result.reused = count
+                result.failures = read_failures(coll)
+                result.failures_file = coll.failures_file("features") if result.failures else None
                 return result
-            for part in parts.values():
-                remove_path(part)  # a part appears only once its shard completes
-        store = WorkStore(coll.work_dir(key, None if spec is None else spec.name), store_settings)
-        reporter = Reporter(progress)
-        reporter.total("images", len(owned))
-        result.reused = sum(len(plan.rows) for number, plan in enumerate(plans) if store.has(chunk_name(number)))
-        reporter.advance("images", result.reused)
-        todo = [number for number in range(len(plans)) if not store.has(chunk_name(number))]
-        batches = [batch for number in todo for batch in plans[number].batches]
-        outcomes = runner.image_batches(job, batches) if batches else iter(())
-        result.computed = _commit_chunks(store, plans, todo, outcomes, reporter)
+            owned = range(count) if spec is None else owned_rows([video_key(i) for i in ids], spec)
+            plans = plan_chunks(count, owned, run.batch_size, CHUNK_SIZE)
+            key = digest({"settings": work["settings"], "layers": layers, "os": oversample})
+            store_settings = dict(work)
+            parts: dict[str, Any] = {}
+            if spec is not None:
+                store_settings = {**work, "shard": [spec.index, spec.count], "rows": [owned.start, owned.stop]}
+                parts = {layer: coll.feature_part_dir(outputs[layer].name, spec.name) for layer in manifests}
+                info = shard_info(spec, owned, count)
+                if all(part_matches(parts[layer], manifest, info) for layer, manifest in manifests.items()):
+                    result = finished_part(result, parts)
+                    result.reused = len(owned)
+                    return result
+                for part in parts.values():
+                    remove_path(part)  # a part appears only once its shard completes
+            store = WorkStore(coll.work_dir(key, None if spec is None else spec.name), store_settings)
+            reporter = Reporter(progress)
+            reporter.total("images", len(owned))
+            result.reused = sum(len(plan.rows) for number, plan in enumerate(plans) if store.has(chunk_name(number)))
+            reporter.advance("images", result.reused)
+            todo = [number for number in range(len(plans)) if not store.has(chunk_name(number))]
+            batches = [batch for number in todo for batch in plans[number].batches]
+            outcomes = runner.image_batches(job, batches) if batches else iter(())
+            result.computed = _commit_chunks(store, plans, todo, outcomes, reporter)
 
-        failures = [(ids[i], reason) for number in range(len(plans)) for i, reason in _chunk(store, number)[1]]
-        for layer, manifest in manifests.items():
-            rows = _layer_rows(store, len(plans), layer, ids)
+            failures = [(ids[i], reason) for number in range(len(plans)) for i, reason in _chunk(store, number)[1]]
+            for layer, manifest in manifests.items():
+                rows = _layer_rows(store, len(plans), layer, ids)
+                if spec is None:
+                    out, manifest = outputs[layer], {**manifest, "failures": len(failures)}
+                    empty: str | None = f"no image could be read, nothing to write to {out}; see features.failures.txt"
+                else:
+                    info = {**shard_info(spec, owned, count), "failures": [list(f) for f in failures]}
+                    out, manifest, empty = parts[layer], {**manifest, "shard": info}, None
+                dims = store.write_bigfile(rows, out, manifest, run.overwrite or spec is not None, empty)
+                result.shapes[layer] = (len(owned) - len(failures), dims)
             if spec is None:
-                out, manifest = outputs[layer], {**manifest, "failures": len(failures)}
-                empty: str | None = f"no image could be read, nothing to write to {out}; see features.failures.txt"
+                failures_path = coll.failures_file("features")
             else:
-                info = {**shard_info(spec, owned, count), "failures": [list(f) for f in failures]}
-                out, manifest, empty = parts[layer], {**manifest, "shard": info}, None
-            dims = store.write_bigfile(rows, out, manifest, overwrite or spec is not None, empty)
-            result.shapes[layer] = (len(owned) - len(failures), dims)
-        if spec is None:
-            failures_path = coll.failures_file("features")
-        else:
-            result.feature_dirs = dict(parts)
-            failures_path = coll.shard_failures_file(spec.name)
-        store.remove()
-        result.failures = failures
-        layout.write_failures(failures_path, failures)
-        result.failures_file = failures_path if failures else None
-    return result
+                result.feature_dirs = dict(parts)
+                failures_path = coll.shard_failures_file(spec.name)
+            store.remove()
+            result.failures = failures
+            result.failures_file = layout.write_failures(failures_path, failures)
+        return result
 
 
 def _chunk(store: WorkStore, number: int) -> tuple[Any, list[tuple[int, str]]]:

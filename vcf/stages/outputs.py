@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,12 +178,6 @@ def bigfile_ok(directory: Path) -> bool:
     except FeatureFileError:
         return False
     return True
-
-
-def iter_feature_names(model: str, layers: Sequence[str], oversample: bool) -> Iterator[str]:
-    """The feature directory names a run writes."""
-    for layer in layers:
-        yield feature_name(model, layer, oversample)
 
 
 def refuse_whitespace_ids(index: Path, ids: Sequence[str]) -> None:
