@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "vcf.errors": 0,
     "vcf.progress": 0,
     "vcf.sampling": 0,
+    "vcf.model_kinds": 0,
     "vcf.io": 1,
     "vcf.models": 2,
     "vcf.run": 3,

@@ -28,7 +28,7 @@ from vcf.models import (
     register,
     weights_status,
 )
-from vcf.models import registry as registry_module
+from vcf.models import catalog as catalog_module
 from vcf.models import weights as weights_module
 
 # Real random-weight builds of these take seconds and gigabytes; their dimensions are still checked in
@@ -74,7 +74,7 @@ def small_input(record: ModelRecord) -> torch.Tensor:
     return torch.randn(1, 3, 64, 64)
 
 
-def tiny_record(builder: type[nn.Module] = registry_module.TinyNet2d, **weights: object) -> ModelRecord:
+def tiny_record(builder: type[nn.Module] = catalog_module.TinyNet2d, **weights: object) -> ModelRecord:
     """An unregistered tiny model whose weights come from ``weights``."""
     return ModelRecord(
         name="tiny_local",
@@ -294,7 +294,7 @@ def test_unknown_layer_and_bad_input() -> None:
 
 def random_tiny_state(seed: int = 1) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    model = registry_module.TinyNet2d()
+    model = catalog_module.TinyNet2d()
     with torch.no_grad():
         for buffer in model.buffers():
             if buffer.is_floating_point():
@@ -452,7 +452,7 @@ def test_sha256_is_memoized_by_size_and_mtime(tmp_path: Path) -> None:
 
 
 def test_skeleton_with_non_persistent_buffer_is_built_for_real(tmp_path: Path) -> None:
-    class WithScale(registry_module.TinyNet2d):
+    class WithScale(catalog_module.TinyNet2d):
         def __init__(self) -> None:
             super().__init__()
             self.register_buffer("scale", torch.full((1,), 2.0), persistent=False)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vcf.models.kinds import KINDS
+from vcf.model_kinds import KINDS
 from vcf.run.engines import ENGINES
 
 VIDEO = "Videos (--from-video, --csv, 3D)"

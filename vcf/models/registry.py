@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vcf.errors import ModelError
-from vcf.models.kinds import KINDS, ModelKind
+from vcf.model_kinds import KINDS, ModelKind
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

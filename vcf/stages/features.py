@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vcf.errors import VcfError
-from vcf.models.kinds import KINDS
+from vcf.model_kinds import KINDS
 from vcf.progress import ProgressCallback
 from vcf.stages.csv_features import CsvFeaturesResult, features_from_csv
 from vcf.stages.from_video import features_from_videos

@@ -16,8 +16,8 @@ from torchvision.transforms.v2 import functional as tvf
 from vcf.errors import VcfError
 from vcf.io.preprocess import FrameTransform
 from vcf.io.video import decode_selected
+from vcf.model_kinds import KINDS, model_kind
 from vcf.models.inference import Normalization
-from vcf.models.kinds import KINDS, model_kind
 from vcf.run.jobs import VideoJob
 from vcf.sampling import Sampling
 
