@@ -6,24 +6,9 @@ from pathlib import Path
 
 import typer
 
+from vcf.cli import options as opt
 from vcf.cli.app import app, report_failures, run_stage
-from vcf.cli.options import (
-    VIDEO,
-    DeviceOption,
-    DtypeOption,
-    Engine,
-    EngineName,
-    ModelTypeOption,
-    Overwrite,
-    PrecisionOption,
-    Quiet,
-    RayAddress,
-    Rootpath,
-    ShardSpec,
-    VideoTimeout,
-    Workers,
-    shard_note,
-)
+from vcf.cli.options import VIDEO
 
 
 @app.command("features")
@@ -41,11 +26,11 @@ def features_command(
     layer: list[str] = typer.Option(["avgpool"], "--layer", "-l", help="Layer to write; repeat for several."),
     oversample: bool = typer.Option(False, "--oversample", help="Average 10 crops (adds ',os' to the name)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
-    workers: Workers = None,
-    device: DeviceOption = "auto",  # type: ignore[assignment]
-    precision: PrecisionOption = "auto",  # type: ignore[assignment]
+    workers: opt.Workers = None,
+    device: opt.DeviceOption = "auto",  # type: ignore[assignment]
+    precision: opt.PrecisionOption = "auto",  # type: ignore[assignment]
     weights: Path = typer.Option(None, "--weights", help="Local state_dict or checkpoint to load."),
-    overwrite: Overwrite = False,
+    overwrite: opt.Overwrite = False,
     fast_decode: bool = typer.Option(
         False, "--fast-decode", help="Decode large JPEGs at 1/2-1/8 size in the DCT: faster, near-equal features."
     ),
@@ -55,18 +40,21 @@ def features_command(
     compile_model: bool = typer.Option(
         False, "--compile", help="Run the model through torch.compile (compiles first; mostly for GPUs)."
     ),
-    quiet: Quiet = False,
-    rootpath: Rootpath = None,
-    shard: ShardSpec = None,
-    engine: Engine = EngineName.local,  # type: ignore[attr-defined]
-    ray_address: RayAddress = None,
+    quiet: opt.Quiet = False,
+    rootpath: opt.Rootpath = None,
+    shard: opt.ShardSpec = None,
+    engine: opt.Engine = opt.EngineName.local,  # type: ignore[attr-defined]
+    ray_address: opt.RayAddress = None,
     from_video: bool = typer.Option(
         False, "--from-video", help="Decode COLLECTION/VideoData directly; no frame files.", rich_help_panel=VIDEO
     ),
     csv: Path = typer.Option(
-        None, "--csv", help="CSV with header video_path,feature_path: one .npy (T x D) a video.", rich_help_panel=VIDEO
+        None,
+        "--csv",
+        help="CSV with header video_path,feature_path: one .npy (T x D) a video.",
+        rich_help_panel=VIDEO,
     ),
-    model_type: ModelTypeOption = None,
+    model_type: opt.ModelTypeOption = None,
     fps: float = typer.Option(
         None, "--fps", help="2D: keep a frame every 1/R s (default: two a second; --csv: 1).", rich_help_panel=VIDEO
     ),
@@ -81,13 +69,16 @@ def features_command(
         None, "--clip-stride", help="3D: frames between clip starts (default: --clip-len).", rich_help_panel=VIDEO
     ),
     clip_fps: float = typer.Option(
-        None, "--clip-fps", help="3D: frame rate clips are decoded at (default: the model's).", rich_help_panel=VIDEO
+        None,
+        "--clip-fps",
+        help="3D: frame rate clips are decoded at (default: the model's).",
+        rich_help_panel=VIDEO,
     ),
     l2_normalize: bool = typer.Option(
         False, "--l2-normalize", help="--csv: divide each row by its L2 norm.", rich_help_panel=VIDEO
     ),
-    dtype: DtypeOption = None,
-    video_timeout: VideoTimeout = None,
+    dtype: opt.DtypeOption = None,
+    video_timeout: opt.VideoTimeout = None,
 ) -> None:
     """Compute CNN features of the frames in COLLECTION/id.imagepath.txt, or straight from videos.
 
@@ -166,7 +157,7 @@ def features_command(
             rows, dims = result.shapes.get(layer, (0, 0))
             typer.echo(f"{directory}  {rows} x {dims}  ({state})", err=True)
     if not quiet:
-        shard_note(shard, collection)
+        opt.shard_note(shard, collection)
     report_failures(result.failures, result.failures_file, quiet, what="video" if from_video else "image")
     if result.failures:
         raise typer.Exit(1)

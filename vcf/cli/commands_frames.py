@@ -4,40 +4,29 @@ from __future__ import annotations
 
 import typer
 
+from vcf.cli import options as opt
 from vcf.cli.app import app, report_failures, run_stage
-from vcf.cli.options import (
-    Collection,
-    Engine,
-    EngineName,
-    Quiet,
-    RayAddress,
-    Rootpath,
-    ShardSpec,
-    VideoTimeout,
-    Workers,
-    shard_note,
-)
 
 
 @app.command("frames")
 def frames_command(
-    collection: Collection,
+    collection: opt.Collection,
     fps: float = typer.Option(None, "--fps", help="Keep the first frame at or after each 1/R seconds."),
     every: int = typer.Option(None, "--every", help="Keep every N-th decoded frame."),
     num_frames: int = typer.Option(None, "--num-frames", help="Keep K frames spread uniformly over each video."),
     size: int = typer.Option(0, "--size", help="Resize saved frames so the shorter side is S (0 keeps the size)."),
     quality: int = typer.Option(95, "--quality", help="JPEG quality."),
-    workers: Workers = None,
+    workers: opt.Workers = None,
     relative_paths: bool = typer.Option(
         False, "--relative-paths", help="Write image paths relative to the collection."
     ),
-    video_timeout: VideoTimeout = None,
+    video_timeout: opt.VideoTimeout = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo every video, even complete ones."),
-    quiet: Quiet = False,
-    rootpath: Rootpath = None,
-    shard: ShardSpec = None,
-    engine: Engine = EngineName.local,  # type: ignore[attr-defined]
-    ray_address: RayAddress = None,
+    quiet: opt.Quiet = False,
+    rootpath: opt.Rootpath = None,
+    shard: opt.ShardSpec = None,
+    engine: opt.Engine = opt.EngineName.local,  # type: ignore[attr-defined]
+    ray_address: opt.RayAddress = None,
 ) -> None:
     """Decode every video in COLLECTION/VideoData into sampled JPEG frames.
 
@@ -80,7 +69,7 @@ def frames_command(
             err=True,
         )
     if not quiet:
-        shard_note(shard, collection)
+        opt.shard_note(shard, collection)
     report_failures(result.failures, result.failures_file, quiet, what="video")
     if result.failures:
         raise typer.Exit(1)

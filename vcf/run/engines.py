@@ -12,39 +12,22 @@ from vcf.run.partition import Shard
 
 
 class Engine(Protocol):
-    """What a stage asks of an engine; the local and the Ray engine give the same results for the same units."""
+    """What a stage asks of an engine; the local and the Ray engine give the same results for the same units.
+
+    ``map`` runs a function over independent tasks (yields ``(task, result or TaskFailed)`` as they finish);
+    ``image_batches`` computes batches of an :class:`~vcf.run.jobs.ImageJob` (yields ``(position, (indices,
+    {layer: rows}, failures))``); ``video_rows`` decodes and computes the videos of a
+    :class:`~vcf.run.jobs.VideoJob` (yields ``(index, VideoRows | None, reason | None)``); ``resolve_device``
+    says where the model runs and with which precision; ``close`` releases what the engine holds.
+    """
 
     name: str
 
-    def map(
-        self,
-        function: Callable[[Any], Any],
-        tasks: Sequence[Any],
-        *,
-        workers: int | None,
-        timeout: float | None,
-        initializer: Callable[[], None] | None,
-    ) -> Iterator[tuple[Any, Any]]:
-        """Runs ``function`` over independent ``tasks``; yields ``(task, result or TaskFailed)`` as they finish."""
-        ...
-
-    def resolve_device(self, device: str, precision: str) -> tuple[Any, str]:
-        """Where the model runs and with which precision."""
-        ...
-
-    def image_batches(self, job: Any, batches: list[list[int]]) -> Iterator[tuple[int, Any]]:
-        """Computes batches of images; yields ``(position in batches, (indices, {layer: rows}, failures))``."""
-        ...
-
-    def video_rows(
-        self, job: Any, paths: Sequence[Any], wanted: Callable[[int], bool] | None, on_items: Callable[[int], None]
-    ) -> Iterator[tuple[int, Any, str | None]]:
-        """Decodes and computes videos; yields ``(index, VideoRows | None, reason | None)`` as they finish."""
-        ...
-
-    def close(self) -> None:
-        """Releases what the engine holds (a Ray connection it made)."""
-        ...
+    def map(self, function: Callable[[Any], Any], tasks: Sequence[Any], **options: Any) -> Iterator[Any]: ...
+    def resolve_device(self, device: str, precision: str) -> tuple[Any, str]: ...
+    def image_batches(self, job: Any, batches: list[list[int]]) -> Iterator[tuple[int, Any]]: ...
+    def video_rows(self, job: Any, paths: Sequence[Any], wanted: Any, on_items: Any) -> Iterator[Any]: ...
+    def close(self) -> None: ...
 
 
 class Closing:

@@ -35,12 +35,6 @@ HUNG = "timed out after {timeout:g} s (decoder hung)"
 SILENT = "timed out: nothing decoded for {timeout:g} s (decoder hung)"
 
 
-def _reason(exc: BaseException) -> str:
-    if os.environ.get("VCF_DEBUG"):
-        return traceback.format_exc()
-    return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
-
-
 def _worker_loop(
     function: Callable[[Any], Any], connection: Connection, initializer: Callable[[], None] | None
 ) -> None:
@@ -65,7 +59,8 @@ def _worker_loop(
                     connection.send(("item", result))
                 message: tuple[str, Any] = ("done", None)
             except Exception as exc:  # a task's own error is data: it is reported, the worker goes on
-                message = ("error", _reason(exc))
+                debug = os.environ.get("VCF_DEBUG")
+                message = ("error", traceback.format_exc() if debug else str(exc) or f"{type(exc).__name__}: ")
             connection.send(message)
         except (BrokenPipeError, OSError):
             return

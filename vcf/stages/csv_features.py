@@ -15,6 +15,8 @@ from vcf.io import collection as layout
 from vcf.io.atomic import atomic_write_bytes, is_output_error, writing
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
+from vcf.run.jobs import VideoRows
+from vcf.run.loop import run_units
 from vcf.run.partition import owned_rows
 from vcf.stages.outputs import FeaturesResult, RunOptions, resolve_model
 from vcf.stages.videofeatures import (
@@ -72,13 +74,6 @@ def read_feature_csv(path: str | os.PathLike[str]) -> tuple[list[CsvRow], list[t
     Blanks around fields, extra columns and blank lines are tolerated; relative paths are taken relative to
     the CSV's folder; a ``feature_path`` without the ``.npy`` suffix gets it (as ``np.save`` does).
 
-    Returns:
-        The usable rows, and ``(<csv name>:<line>, reason)`` for each bad row (an empty or missing field,
-        or an output already named on an earlier line).
-
-    Raises:
-        VcfError: The file cannot be read.
-        IndexFormatError: The header does not name both columns.
     """
     csv_path = Path(path).expanduser()
     try:
@@ -240,7 +235,8 @@ def features_from_csv(
             outcomes = runner.video_rows(
                 job, [row.video for row in todo], todo_wanted, lambda n: reporter.advance(job.item_task, n)
             )
-            for task, video, reason in outcomes:
+
+            def commit(task: int, video: VideoRows | None, reason: str | None) -> None:
                 row = todo[task]
                 if video is not None:
                     values = video.layers[layer]
@@ -258,7 +254,8 @@ def features_from_csv(
                     failed_outputs.add(row.output)
                 elif video is None:  # completed by another run meanwhile
                     result.reused += 1
-                reporter.advance("videos", 1, description=row.video.name)
+
+            run_units(outcomes, commit, reporter, "videos", describe=lambda task: todo[task].video.name)
     else:
         reporter.total("videos", result.videos)
         reporter.advance("videos", len(rows) - len(todo) + len(failures))

@@ -22,7 +22,6 @@ from vcf.io.atomic import (
     clean_stale_temps,
     fsync_dir,
     fsync_file,
-    is_output_error,
     publish,
     remove_path,
     temp_sibling,
@@ -32,8 +31,8 @@ from vcf.io.collection import FRAME_META, PART_RECORD, Collection
 from vcf.io.video import VideoError, decode_selected, resize_shorter_side
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
+from vcf.run.loop import as_outcomes, run_units
 from vcf.run.partition import Shard, assign_videos
-from vcf.run.processes import TaskFailed
 from vcf.sampling import Sampling
 
 
@@ -292,18 +291,17 @@ def frames(
         # A shard, or a Ray worker on another node, cannot tell whether a temporary's owner is alive.
         extract = extract_one if spec is None and runner.name == "local" else extract_owned
         outcomes = runner.map(extract, tasks, workers=workers, timeout=video_timeout, initializer=init_decoder_process)
-        for task, outcome in outcomes:
-            if isinstance(outcome, TaskFailed):
-                if is_output_error(outcome.reason):
-                    # A full or failing disk would fail every remaining video: stop; finished ones are kept.
-                    raise VcfError(outcome.reason)
-                failures.append((task.video_id, outcome.reason))
-            else:
-                done[task.video_id] = outcome
-                result.extracted += 1
-                result.frames_written += len(outcome.frames)
-                reporter.advance("frames", len(outcome.frames))
-            reporter.advance("videos", 1, description=task.video_id)
+
+        def commit(task: FrameTask, outcome: VideoFrames | None, reason: str | None) -> None:
+            if outcome is None:
+                failures.append((task.video_id, str(reason)))
+                return
+            done[task.video_id] = outcome
+            result.extracted += 1
+            result.frames_written += len(outcome.frames)
+            reporter.advance("frames", len(outcome.frames))
+
+        run_units(as_outcomes(outcomes), commit, reporter, "videos", describe=lambda task: task.video_id)
 
         # Workers killed for hanging or crashing could not remove their temporary directories.
         _clean_temps(coll, spec, videos)

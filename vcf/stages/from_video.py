@@ -17,6 +17,7 @@ from vcf.io.collection import Collection, videos_digest
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
 from vcf.run.jobs import VideoRows
+from vcf.run.loop import run_units
 from vcf.run.partition import assign_videos
 from vcf.run.store import WorkStore
 from vcf.stages.frames import discover_videos
@@ -154,16 +155,6 @@ def features_from_videos(
         video_timeout: Seconds a decoder may go without producing anything before its video is failed.
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
 
-    Returns:
-        A FeaturesResult; ``computed`` and ``reused`` count rows (in a shard run, ``feature_dirs`` are the
-        part directories).
-
-    Raises:
-        VcfError: No VideoData, unknown model or layer, bad options, outputs made with other settings, a
-            lock held by another run, or no video that could be decoded.
-
-    Example:
-        >>> vcf.features("toydata", from_video=True, model="efficientnet_lite0")  # doctest: +SKIP
     """
     if run.batch_size < 1:
         raise VcfError("--batch-size must be >= 1")
@@ -241,9 +232,9 @@ def features_from_videos(
                 result.computed += count
                 reporter.advance(job.item_task, count)
 
-            for task, rows, reason in runner.video_rows(job, [videos[v] for v in todo], None, on_items):
-                done.add(todo[task], rows, reason)
-                reporter.advance("videos", 1, description=todo[task])
+            outcomes = runner.video_rows(job, [videos[v] for v in todo], None, on_items)
+            commit = lambda task, rows, reason: done.add(todo[task], rows, reason)  # noqa: E731
+            run_units(outcomes, commit, reporter, "videos", describe=lambda task: todo[task])
             done.flush()
 
             failures = sorted([*failures, *done.failed.items()])

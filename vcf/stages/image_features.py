@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +19,7 @@ from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
 from vcf.run.jobs import BatchOutput, ImageJob
 from vcf.run.local import start_loader_server
+from vcf.run.loop import run_units
 from vcf.run.partition import ChunkPlan, owned_rows, plan_chunks, video_key
 from vcf.run.store import WorkStore
 from vcf.stages.outputs import (
@@ -37,10 +38,7 @@ from vcf.stages.outputs import (
 )
 
 CHUNK_SIZE = 2048
-
-
-def chunk_name(number: int) -> str:
-    return f"chunk-{number:06d}"
+CHUNK_NAME = "chunk-{:06d}"
 
 
 def features_from_images(
@@ -140,9 +138,11 @@ def features_from_images(
             store = WorkStore(coll.work_dir(key, None if spec is None else spec.name), store_settings)
             reporter = Reporter(progress)
             reporter.total("images", len(owned))
-            result.reused = sum(len(plan.rows) for number, plan in enumerate(plans) if store.has(chunk_name(number)))
+            result.reused = sum(
+                len(plan.rows) for number, plan in enumerate(plans) if store.has(CHUNK_NAME.format(number))
+            )
             reporter.advance("images", result.reused)
-            todo = [number for number in range(len(plans)) if not store.has(chunk_name(number))]
+            todo = [number for number in range(len(plans)) if not store.has(CHUNK_NAME.format(number))]
             batches = [batch for number in todo for batch in plans[number].batches]
             outcomes = runner.image_batches(job, batches) if batches else iter(())
             result.computed = _commit_chunks(store, plans, todo, outcomes, reporter)
@@ -170,7 +170,7 @@ def features_from_images(
 
 
 def _chunk(store: WorkStore, number: int) -> tuple[Any, list[tuple[int, str]]]:
-    data, record = store.load(chunk_name(number))
+    data, record = store.load(CHUNK_NAME.format(number))
     return data, [(int(i), str(r)) for i, r in record["failed"]]
 
 
@@ -195,7 +195,7 @@ def save_chunk(store: WorkStore, number: int, outputs: Sequence[BatchOutput], ro
         failed.extend((i, reason) for i, reason in batch_failed if i in rows)
     arrays = {f"layer:{k}": np.concatenate(v).astype(np.float32, copy=False) for k, v in values.items()}
     arrays["indices"] = np.asarray(indices, dtype=np.int64)
-    store.commit(chunk_name(number), arrays, {"failed": failed})
+    store.commit(CHUNK_NAME.format(number), arrays, {"failed": failed})
 
 
 def _commit_chunks(
@@ -205,29 +205,42 @@ def _commit_chunks(
     outcomes: Iterable[tuple[int, BatchOutput]],
     reporter: Reporter,
 ) -> int:
-    """Collects batch outputs (in any order) into chunks and commits each complete chunk in the background."""
+    """Runs the chunks through the loop, each committed in the background once its batches are in."""
+    computed = [0]
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: list[Future[None]] = []
+
+        def commit(number: int, outputs: list[BatchOutput], _: str | None) -> None:
+            if pending:
+                pending.pop().result()
+            pending.append(writer.submit(save_chunk, store, number, outputs, plans[number].rows))
+
+        run_units(_chunks(plans, todo, outcomes, reporter, computed), commit, reporter, None)
+        if pending:
+            pending.pop().result()
+    return computed[0]
+
+
+def _chunks(
+    plans: Sequence[ChunkPlan],
+    todo: Sequence[int],
+    outcomes: Iterable[tuple[int, BatchOutput]],
+    reporter: Reporter,
+    computed: list[int],
+) -> Iterator[tuple[int, list[BatchOutput], None]]:
+    """Collects batch outputs (in any order) into chunks; yields each chunk once all its batches are in."""
     where = [(number, slot) for number in todo for slot in range(len(plans[number].batches))]
     waiting: dict[int, dict[int, BatchOutput]] = {number: {} for number in todo}
-    computed = 0
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending_write: Future[None] | None = None
-        for position, output in outcomes:
-            number, slot = where[position]
-            rows = plans[number].rows
-            waiting[number][slot] = output
-            indices, _, failed = output
-            kept = sum(1 for i in indices if i in rows) + sum(1 for i, _ in failed if i in rows)
-            computed += kept
-            reporter.advance("images", kept)
-            if len(waiting[number]) < len(plans[number].batches):
-                continue
-            if pending_write is not None:
-                pending_write.result()
+    for position, output in outcomes:
+        number, slot = where[position]
+        rows = plans[number].rows
+        waiting[number][slot] = output
+        indices, _, failed = output
+        kept = sum(1 for i in indices if i in rows) + sum(1 for i, _ in failed if i in rows)
+        computed[0] += kept
+        reporter.advance("images", kept)
+        if len(waiting[number]) == len(plans[number].batches):
             done = waiting.pop(number)
-            batch_outputs = [done[slot] for slot in range(len(plans[number].batches))]
-            pending_write = writer.submit(save_chunk, store, number, batch_outputs, rows)
-        if pending_write is not None:
-            pending_write.result()
+            yield number, [done[slot] for slot in range(len(plans[number].batches))], None
     if waiting:
-        raise VcfError(f"{len(waiting)} chunk(s) of {store.directory} got no result; run the same command to resume")
-    return computed
+        raise VcfError(f"{len(waiting)} chunk(s) got no result; run the same command to resume")
