@@ -97,7 +97,7 @@ def imports_of(source: str, tree: ast.AST) -> tuple[list[Import], list[tuple[str
                     aliases[alias.asname or alias.name] = submodule
                 else:
                     plain.append(alias.name)
-            if plain or base not in {i.target for i in found}:
+            if plain:  # names defined in the module ``base`` itself (submodules count as their own imports)
                 found.append(Import(source, base, node.lineno, tuple(plain)))
     for node in ast.walk(tree):  # module.attribute uses of an imported vcf module
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
