@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from vcf.cli.app import app, fail, out_console, vcf_errors
+from vcf.model_kinds import KINDS
 
 
 @app.command("models")
@@ -29,8 +30,8 @@ def models_command(
     with vcf_errors():
         from vcf.models import get_model, list_models, weights_status
 
-        if kind not in (None, "2d", "3d"):
-            raise typer.BadParameter("must be '2d' or '3d'", param_hint="--kind")
+        if kind not in (None, *KINDS):
+            raise typer.BadParameter(f"must be one of {', '.join(KINDS)}", param_hint="--kind")
         records = [get_model(name) for name in list_models(pattern)]
         records = [record for record in records if kind is None or record.kind == kind]
         if not records:

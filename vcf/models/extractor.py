@@ -55,7 +55,7 @@ class FeatureExtractor(nn.Module):
         Returns:
             ``{layer: Tensor(B, D)}`` in the order of ``layers``.
         """
-        rank = 5 if self.record.kind == "3d" else 4
+        rank = self.record.kind_info.rank
         if x.dim() != rank:
             raise ModelError(f"{self.record.name} takes {rank}-d input, got shape {tuple(x.shape)}")
         captured: list[torch.Tensor] = []

@@ -46,6 +46,12 @@ class LocalEngine(Closing):
 
     address: str | None = None
     name: str = "local"
+    on_this_machine: bool = True  # workers are processes of this run, here: their temporaries' owners can be seen
+
+    @staticmethod
+    def check(address: str | None) -> None:
+        if address:
+            raise VcfError("--ray-address needs --engine ray")
 
     def map(self, function, tasks, *, workers, timeout, initializer):  # type: ignore[no-untyped-def]
         from vcf.run.processes import run_isolated
@@ -80,6 +86,13 @@ class RayEngine(Closing):
 
     address: str | None = None
     name: str = "ray"
+    on_this_machine: bool = False
+
+    @staticmethod
+    def check(address: str | None) -> None:
+        from vcf.run.ray_engine import require_ray
+
+        require_ray()
 
     def __post_init__(self) -> None:
         from vcf.run.ray_engine import connect
@@ -127,12 +140,7 @@ def parse_scale_out(shard: str | Shard | None, engine: str, ray_address: str | N
     """
     if engine not in ENGINES:
         raise VcfError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
-    if ray_address and engine != "ray":
-        raise VcfError("--ray-address needs --engine ray")
-    if engine == "ray":
-        from vcf.run.ray_engine import require_ray
-
-        require_ray()
+    ENGINES[engine].check(ray_address)
     return None if shard is None else Shard.parse(shard)
 
 

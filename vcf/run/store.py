@@ -46,10 +46,6 @@ class WorkStore:
         """True when part ``name`` is committed."""
         return self.path(name).is_file()
 
-    def names(self) -> list[str]:
-        """The committed parts, sorted."""
-        return sorted(p.name[: -len(PART_SUFFIX)] for p in self.directory.glob(f"*{PART_SUFFIX}") if p.is_file())
-
     def commit(self, name: str, arrays: dict[str, np.ndarray], record: dict[str, Any]) -> None:
         """Saves one part under a temporary name, syncs it and renames it into place."""
         final = self.path(name)
@@ -75,8 +71,8 @@ class WorkStore:
         return self._loaded[name]
 
     def records(self) -> Iterable[tuple[str, dict[str, Any]]]:
-        for name in self.names():
-            yield name, self.load(name)[1]
+        for path in sorted(self.directory.glob(f"*{PART_SUFFIX}")):
+            yield path.stem, self.load(path.stem)[1]
 
     def write_bigfile(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 from vcf.errors import VcfError
 from vcf.model_kinds import KINDS
 from vcf.progress import ProgressCallback
+from vcf.run.engines import ENGINES
 from vcf.stages.csv_features import CsvFeaturesResult, features_from_csv
 from vcf.stages.from_video import features_from_videos
 from vcf.stages.image_features import features_from_images
@@ -143,9 +144,10 @@ def features(
     if csv is None and collection is None:
         raise VcfError("give a COLLECTION, or --csv FILE")
     mode = "csv" if csv is not None else "videos" if from_video else "images"
-    if decode_on_device and (fast_decode or engine != "local") and mode == "images":
+    in_process = engine not in ENGINES or ENGINES[engine].on_this_machine  # an unknown engine is named later
+    if decode_on_device and (fast_decode or not in_process) and mode == "images":
         raise VcfError("--decode-on-device works with the local engine and without --fast-decode")
-    if compile_model and engine != "local":
+    if compile_model and not in_process:
         raise VcfError(REFUSALS["compile_model"])
     given = {
         "fast_decode": fast_decode,

@@ -289,7 +289,7 @@ def frames(
         threads = decoder_threads(workers or os.cpu_count() or 1, len(tasks))
         tasks = [replace(task, decoder_threads=threads) for task in tasks]
         # A shard, or a Ray worker on another node, cannot tell whether a temporary's owner is alive.
-        extract = extract_one if spec is None and runner.name == "local" else extract_owned
+        extract = extract_one if spec is None and runner.on_this_machine else extract_owned
         outcomes = runner.map(extract, tasks, workers=workers, timeout=video_timeout, initializer=init_decoder_process)
 
         def commit(task: FrameTask, outcome: VideoFrames | None, reason: str | None) -> None:

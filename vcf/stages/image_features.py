@@ -62,7 +62,7 @@ def features_from_images(
     refuse_whitespace_ids(coll.imagepath_file, [frame_id for frame_id, _ in items])
     with open_engine(run.engine, run.ray_address) as runner:
         torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
-        if runner.name == "local":
+        if runner.on_this_machine:
             start_loader_server(run.workers, torch_device)
         record, extractor, weights_info = resolve_model(run.model, run.layers, run.weights)
         pre = record.preprocess

@@ -24,11 +24,6 @@ from vcf.sampling import Sampling
 DEFAULT_3D_MODEL = KINDS["3d"].default_model
 
 
-def default_model(model_type: str | None) -> str:
-    """The model used when only ``--type`` is given (the default model of that kind)."""
-    return model_kind(model_type).default_model
-
-
 def resolve_model_name(model: str | None, model_type: str | None) -> str:
     """The model to use from ``--model`` and ``--type`` (the type picks a default and must match the model).
 
@@ -36,8 +31,8 @@ def resolve_model_name(model: str | None, model_type: str | None) -> str:
         VcfError: Unknown type, or a model of the other kind.
     """
     if model is None:
-        return default_model(model_type)
-    default_model(model_type)  # validates the type
+        return model_kind(model_type).default_model
+    model_kind(model_type)  # validates the type
     if model_type is not None:
         from vcf.models import get_model
 
@@ -80,7 +75,7 @@ def clip_settings(
     Raises:
         VcfError: Clip options for a 2D model, or values out of range.
     """
-    if record.kind != "3d":
+    if not record.kind_info.reads_videos:  # clips are what models that read videos take
         options = (("--clip-len", clip_len), ("--clip-stride", clip_stride), ("--clip-fps", clip_fps))
         given = [flag for flag, value in options if value is not None]
         if given:
