@@ -1,4 +1,4 @@
-"""vcf: video collections to CNN features (frames, features, pool, concat, HDF5)."""
+"""vcf: video collections to CNN features (shots, frames, features, pool, concat, HDF5)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 # Stage functions are imported lazily so that `import vcf` stays light (no torch until needed).
 _API = {
     "frames": "vcf.stages.frames",
+    "shots": "vcf.stages.shots",
     "features": "vcf.stages.features",
     "pool": "vcf.stages.pool",
     "concat": "vcf.stages.concat",

@@ -35,6 +35,10 @@ def frames_command(
     shard: str = SHARD_OPTION,
     engine: str = ENGINE_OPTION,
     ray_address: str = RAY_ADDRESS_OPTION,
+    shots: bool = typer.Option(
+        False, "--shots", help="Sample inside each shot of id.shots.txt (run `vcf shots` first); frames <shot_id>_<n>."
+    ),
+    keyframe: bool = typer.Option(False, "--keyframe", help="With --shots: the middle frame of each shot only."),
 ) -> None:
     """Decode every video in COLLECTION/VideoData into sampled JPEG frames.
 
@@ -49,6 +53,7 @@ def frames_command(
         vcf frames ~/VisualSearch/tgif --fps 1 --size 256 --workers 8
         vcf frames tgif --shard 0/4   (... 3/4 on other machines, then: vcf merge tgif)
         vcf frames tgif --engine ray --ray-address head-node:6379
+        vcf frames v3c --shots --keyframe   (after `vcf shots v3c`)
     """
     from vcf.stages.frames import frames
 
@@ -69,6 +74,8 @@ def frames_command(
         shard=shard,
         engine=engine,
         ray_address=ray_address,
+        shots=shots,
+        keyframe=keyframe,
     )
     if not quiet:
         typer.echo(

@@ -56,6 +56,21 @@ class Collection:
     def frame_path(self, video_id: str, index: int) -> Path:
         return self.frame_dir(video_id) / f"{self.frame_id(video_id, index)}.jpg"
 
+    # Shots ---------------------------------------------------------------------------------------
+    @property
+    def shots_file(self) -> Path:
+        """``id.shots.txt``: ``<shot_id> <vid> <first frame> <last frame>`` a line."""
+        return self.root / "id.shots.txt"
+
+    @property
+    def shot_data_dir(self) -> Path:
+        """``ShotData/``: one TRECVID master shot reference file per video, and the manifest."""
+        return self.root / "ShotData"
+
+    def msb_file(self, video_id: str, directory: Path | None = None) -> Path:
+        """The ``<vid>.msb`` shot file of a video, in ``ShotData/`` or in ``directory``."""
+        return (directory if directory is not None else self.shot_data_dir) / f"{video_id}.msb"
+
     # Index files ---------------------------------------------------------------------------------
     @property
     def imagepath_file(self) -> Path:
