@@ -49,7 +49,7 @@ class DetectSettings:
     min_duration: float
     device: str
     precision: str
-    batch_windows: int = 2
+    batch_windows: int = 0  # 0: the detector's default
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,12 @@ def _detector(settings: DetectSettings) -> Any:
     """The worker's detector, loaded once per process."""
     import torch
 
-    from vcf.models.transnet import ShotDetector
+    from vcf.models.transnet import BATCH_WINDOWS, ShotDetector
 
     key = (settings.device, settings.precision, settings.batch_windows)
     if key not in _DETECTORS:
-        _DETECTORS[key] = ShotDetector(torch.device(settings.device), settings.precision, settings.batch_windows)
+        batch = settings.batch_windows or BATCH_WINDOWS
+        _DETECTORS[key] = ShotDetector(torch.device(settings.device), settings.precision, batch)
     return _DETECTORS[key]
 
 
