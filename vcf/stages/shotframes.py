@@ -133,8 +133,9 @@ def frames_by_shot(
         shots = read_shots(coll)
         files = {layout.video_id_of(p): p for p in layout.list_video_files(coll)}
         failures = [(v, "video listed in id.shots.txt is not in VideoData") for v in shots if v not in files]
+        failures += [(v, "no shots in id.shots.txt; run `vcf shots` again") for v in files if v not in shots]
         videos = {v: files[v] for v in sorted(shots) if v in files}
-        result.videos = len(shots)
+        result.videos = len(set(shots) | set(files))
         coll.image_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(coll.image_dir)
         done: dict[str, list[VideoFrames]] = {}

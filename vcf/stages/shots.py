@@ -391,8 +391,8 @@ def _package_version(name: str) -> str:
 def _prepare_output(coll: Collection, manifest: dict[str, Any], overwrite: bool) -> dict[str, list[tuple[int, int]]]:
     """Checks ``ShotData/`` against the manifest; returns the shots already complete there.
 
-    With ``overwrite`` (or other settings when allowed) the old ``.msb`` files are removed first, so that
-    an interrupted run never mixes them with new ones.
+    With ``overwrite`` the old ``.msb`` files are removed first, so that an interrupted run never mixes
+    them with new ones.
 
     Raises:
         OutputExistsError: ShotData was made with other settings and ``overwrite`` is false.
@@ -407,7 +407,7 @@ def _prepare_output(coll: Collection, manifest: dict[str, Any], overwrite: bool)
         raise OutputExistsError(
             f"{directory} holds shots found with other settings; use --overwrite to redo them with these"
         )
-    if not same:
+    if overwrite or not same:
         for path in directory.glob("*.msb"):
             remove_path(path)
         atomic_write_text(directory / MANIFEST_NAME, manifest_text(manifest))
