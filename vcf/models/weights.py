@@ -55,6 +55,8 @@ def weights_status(record: ModelRecord) -> str:
     source = record.weights
     if source.builtin:
         return "builtin (fixed-seed test weights)"
+    if source.fetch is not None:
+        return f"from its library's cache or {source.url}"
     if source.packaged is not None:
         try:
             return f"packaged ({source.packaged()})"
@@ -133,6 +135,8 @@ def weights_file(record: ModelRecord) -> Path:
         ModelError: The weights cannot be had (offline, no URL, package missing, corrupt cached file).
     """
     source = record.weights
+    if source.fetch is not None:
+        return Path(source.fetch())
     if source.packaged is not None:
         try:
             path = Path(source.packaged())
@@ -306,6 +310,8 @@ def load_state(
     path = Path(weights_path).expanduser() if weights_path is not None else weights_file(record)
     path = path.resolve()
     state = extract_state(read_weights_file(path), record, str(path))
+    if record.weights.convert is not None:
+        state = record.weights.convert(state, model if model is not None else record.build(meta=True))
     state = fit_state(state, expected, record, str(path))
     return state, WeightsInfo(source=str(path), sha256=file_sha256(path))
 
