@@ -255,6 +255,7 @@ def clip_record(name: str) -> ModelRecord:
     except ImportError as exc:
         raise ModelError(f"{name} needs the open-clip-torch package, which is not installed") from exc
     arch, tag = split_name(name)
+    _model_config(arch)  # an unknown architecture is named before its tag
     cfg = _pretrained_cfg(arch, tag)
     preprocess = clip_preprocess(arch, tag)
     builder = functools.partial(build_clip, arch, bool(cfg.get("quick_gelu", False)))
