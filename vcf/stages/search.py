@@ -89,7 +89,10 @@ class FeatureSpace:
         self.frame_level = is_frame_level(self.bigfile, feature)
         self.aggregate = (aggregate or "max") if self.frame_level else None
         self._matrix: np.ndarray | None = None
-        self.index = load_index(coll, feature, self.bigfile) if use_index else None
+        loaded = load_index(coll, feature, self.bigfile) if use_index else None
+        # Only an IVF index (it has probes) is searched through faiss: faiss scans a flat index on one thread
+        # per query, while one BLAS product over the rows gives the same exact result several times faster.
+        self.index = loaded if hasattr(loaded, "nprobe") else None
         self.groups: dict[str, np.ndarray] = {}
         if self.frame_level:
             names, inverse = np.unique([group_of(i) for i in self.ids], return_inverse=True)
