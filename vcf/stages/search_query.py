@@ -28,7 +28,8 @@ class FeatureOrigin:
     Attributes:
         model: Registry name of the model.
         layer: The model layer.
-        weights: The weights file recorded (None for builtin or unknown weights).
+        weights: The weights file recorded, when it is still there (None for builtin or moved weights).
+        sha256: The sha256 of the weights the feature was made with ("" when not recorded).
         pooling: ``mean``/``max`` when the feature pools frames into videos, else None.
         oversample: Ten-crop averaging.
     """
@@ -36,6 +37,7 @@ class FeatureOrigin:
     model: str
     layer: str
     weights: str | None
+    sha256: str
     pooling: str | None
     oversample: bool
 
@@ -54,9 +56,11 @@ def feature_origin(coll: Collection, feature: str) -> FeatureOrigin | None:
         if not model:
             return None
         layer = manifest.get("layer") or name.split(",")[1]
-        source = (manifest.get("weights") or {}).get("source") or ""
+        recorded = manifest.get("weights") or {}
+        source = str(recorded.get("source") or "")
         weights = source if source and Path(source).is_file() else None
-        return FeatureOrigin(str(model), str(layer), weights, pooling, bool(manifest.get("oversample")))
+        sha256 = str(recorded.get("sha256") or "")
+        return FeatureOrigin(str(model), str(layer), weights, sha256, pooling, bool(manifest.get("oversample")))
     return None
 
 
@@ -84,6 +88,7 @@ class QueryEncoder:
         self.feature = feature
         self.origin = feature_origin(coll, feature)
         self.device = device
+        self.explicit_weights = weights is not None
         self.weights = weights or (self.origin.weights if self.origin else None)
         self._inference: Any = None
         self._transform: Any = None
@@ -94,6 +99,15 @@ class QueryEncoder:
             raise VcfError(f"feature {self.feature} has no manifest naming its model; it cannot encode {kind} queries")
         return self.origin
 
+    def _check_weights(self, sha256: str) -> None:
+        """Queries must be encoded with the weights the feature was made with, unless others were asked for."""
+        recorded = self.origin.sha256 if self.origin else ""
+        if recorded and sha256 != recorded and not self.explicit_weights:
+            raise VcfError(
+                f"feature {self.feature} was made with weights of sha256 {recorded[:12]}...; the weights found "
+                f"(manifest's file or the model's default) have {sha256[:12]}...: pass the right file with --weights"
+            )
+
     def _image_model(self) -> tuple[Any, Any]:
         if self._inference is None:
             from vcf.io.preprocess import FrameTransform
@@ -102,7 +116,8 @@ class QueryEncoder:
 
             origin = self._require_origin("image")
             record = get_model(origin.model)
-            extractor, _ = build_extractor(record, [origin.layer], weights_path=self.weights)
+            extractor, info = build_extractor(record, [origin.layer], weights_path=self.weights)
+            self._check_weights(info.sha256)
             pre = record.preprocess
             self._transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, origin.oversample)  # type: ignore[arg-type]
             device = resolve_device(self.device)
@@ -159,6 +174,7 @@ class QueryEncoder:
             )
         if self._text is None:
             self._text = TextEncoder(origin.model, self.weights, self.device)
+            self._check_weights(self._text.weights.sha256)
         return self._text.encode([text])[0]
 
 
