@@ -126,17 +126,30 @@ def test_unknown_clip_names_are_refused() -> None:
         get_model("clip/ViT-B-33:openai")
 
 
-def test_offline_weights_error_names_the_file_and_where_it_goes(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": os.getcwd()}
+def _offline_error(model: str, layer: str, tmp_path: Path) -> str:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "PYTHONPATH": os.getcwd(),
+    }
     code = (
         "from vcf.models import get_model, build_extractor\n"
         "from vcf.errors import ModelError\n"
-        "try:\n    build_extractor(get_model('clip/ViT-B-32:openai'), ['embed'])\n"
+        f"try:\n    build_extractor(get_model({model!r}), [{layer!r}])\n"
         "except ModelError as exc:\n    print(exc)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+
+
+def test_offline_weights_error_names_the_file_and_where_it_goes(tmp_path: Path) -> None:
+    out = _offline_error("clip/ViT-B-32:openai", "embed", tmp_path)
     assert "clip/ViT-B-32:openai" in out and "--weights FILE" in out
     assert "models--timm--vit_base_patch32_clip_224.openai" in out and str(tmp_path / "hf") in out
+    out = _offline_error("timm/vit_small_patch14_dinov2.lvd142m", "avgpool", tmp_path)
+    assert "timm/vit_small_patch14_dinov2.lvd142m" in out and "--weights FILE" in out
+    assert "models--timm--vit_small_patch14_dinov2.lvd142m" in out and "model.safetensors" in out
 
 
 # A DINOv2-style ViT (patch 14, LayerScale, no classifier) with its own data config, registered in timm the way

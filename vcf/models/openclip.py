@@ -160,7 +160,11 @@ def _cache_hint(cfg: dict[str, Any]) -> str:
     if hub:
         repo = hub.rstrip("/").split("/")
         repo_id = "/".join(repo[:2])
-        cache = os.environ.get("HF_HUB_CACHE") or str(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+        try:
+            from huggingface_hub.constants import HF_HUB_CACHE as cache
+        except ImportError:
+            cache = "~/.cache/huggingface/hub"
+
         return f"the Hugging Face cache {cache}/models--{repo_id.replace('/', '--')} (repository {repo_id})"
     url = cfg.get("url") or ""
     return f"~/.cache/clip/{url.rsplit('/', 1)[-1]} (from {url})"

@@ -326,15 +326,17 @@ def _timm_record(name: str) -> ModelRecord:
     url = cfg.get("url") or None
     filename = url.rsplit("/", 1)[-1] if url else None
     hub_id = cfg.get("hf_hub_id")
+    fetch = None
     if hub_id:
         hub_file = cfg.get("hf_hub_filename") or "model.safetensors"
         url = f"https://huggingface.co/{hub_id}/resolve/main/{hub_file}"
         filename = f"{hub_id.replace('/', '--')}--{hub_file}"
+        fetch = functools.partial(_hf_hub_file, name, hub_id, hub_file)
     return ModelRecord(
         name=name,
         kind="2d",
         builder=builder,
-        weights=WeightsSource(url=url, filename=filename, license=str(cfg.get("license") or "see timm")),
+        weights=WeightsSource(url=url, filename=filename, license=str(cfg.get("license") or "see timm"), fetch=fetch),
         preprocess=preprocess,
         layers=layers,
         feature_module=feature_module,
@@ -342,6 +344,26 @@ def _timm_record(name: str) -> ModelRecord:
         description=f"timm {arch}",
         output_layer=output_layer,
     )
+
+
+def _hf_hub_file(name: str, repo_id: str, filename: str) -> str:
+    """A timm model's weights file in the Hugging Face cache, where timm itself downloads them."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return str(hf_hub_download(repo_id, filename))
+    except Exception as exc:  # offline, HTTP error, package missing: the same advice
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        try:
+            from huggingface_hub.constants import HF_HUB_CACHE
+        except ImportError:
+            HF_HUB_CACHE = "~/.cache/huggingface/hub"
+        raise ModelError(
+            f"cannot get the weights of {name} ({reason}); timm keeps them in the Hugging Face cache "
+            f"({HF_HUB_CACHE}/models--{repo_id.replace('/', '--')}, file {filename}): run "
+            f"`python -c \"import timm; timm.create_model('{name[len(TIMM_PREFIX) :]}', pretrained=True)\"` where "
+            "there is internet and copy that cache here, or pass the file with --weights FILE"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------------------- torchvision

@@ -55,8 +55,6 @@ def weights_status(record: ModelRecord) -> str:
     source = record.weights
     if source.builtin:
         return "builtin (fixed-seed test weights)"
-    if source.fetch is not None:
-        return f"from its library's cache or {source.url}"
     if source.packaged is not None:
         try:
             return f"packaged ({source.packaged()})"
@@ -65,6 +63,8 @@ def weights_status(record: ModelRecord) -> str:
     cached = cached_path(record)
     if cached is not None and cached.is_file():
         return f"cached at {cached}"
+    if source.fetch is not None:
+        return f"its library's cache (download from {source.url})"
     if source.url:
         return f"not cached (download from {source.url})"
     return "--weights only"
@@ -135,8 +135,6 @@ def weights_file(record: ModelRecord) -> Path:
         ModelError: The weights cannot be had (offline, no URL, package missing, corrupt cached file).
     """
     source = record.weights
-    if source.fetch is not None:
-        return Path(source.fetch())
     if source.packaged is not None:
         try:
             path = Path(source.packaged())
@@ -150,6 +148,8 @@ def weights_file(record: ModelRecord) -> Path:
     if target is not None and target.is_file():
         _check_hash(record, target)
         return target
+    if source.fetch is not None:  # the model library's own download code and cache
+        return Path(source.fetch())
     if not source.url:
         where = f" or place it at {target}" if target is not None else ""
         raise ModelError(f"{record.name} has no download address; pass its weights file with --weights FILE{where}")
