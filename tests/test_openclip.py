@@ -108,7 +108,8 @@ def test_clip_text_embedding_equals_encode_text(tiny_clip) -> None:
 def test_clip_preprocessing_of_published_models_equals_open_clip_transform(real_frames) -> None:
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-    for arch, tag in (("ViT-B-32", "openai"), ("ViT-L-14", "openai")):
+    # CLIP resizes the shorter side and crops; SigLIP squashes the frame to the square.
+    for arch, tag in (("ViT-B-32", "openai"), ("ViT-L-14", "openai"), ("ViT-B-16-SigLIP", "webli")):
         record = get_model(f"clip/{arch}:{tag}")
         cfg = merge_preprocess_dict(PreprocessCfg(), open_clip.get_pretrained_cfg(arch, tag))
         cfg["size"] = open_clip.get_model_config(arch)["vision_cfg"]["image_size"]

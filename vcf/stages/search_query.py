@@ -119,7 +119,7 @@ class QueryEncoder:
             extractor, info = build_extractor(record, [origin.layer], weights_path=self.weights)
             self._check_weights(info.sha256)
             pre = record.preprocess
-            self._transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, origin.oversample)  # type: ignore[arg-type]
+            self._transform = FrameTransform(pre.resize, pre.crop, pre.interpolation, origin.oversample)
             device = resolve_device(self.device)
             self._inference = Inference(extractor, Normalization(tuple(pre.mean), tuple(pre.std)), device, "fp32")
         return self._inference, self._transform
