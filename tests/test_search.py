@@ -120,6 +120,17 @@ def test_ivf_index_records_its_settings_and_finds_the_query_row(tmp_path: Path) 
     assert manifest["settings"]["recall_at_10"] >= 0.95
     results = vcf.search(root, ids[:20], features=["big,x"], top=1)
     assert [r.results[0].id for r in results] == ids[:20]
+    # A frame-level feature: the index gives candidate frames, their shots are scored over all their frames.
+    frames = [f"shot{n // 8}_1_{n % 8}" for n in range(8000)]
+    shot_values = centers[np.arange(8000) // 8 % 40] + 0.3 * RNG.normal(size=(8000, 32)) / np.sqrt(32)
+    make_feature(root, "bigframes,x", frames, shot_values.astype(np.float32), "frame")
+    vcf.index(root, "bigframes,x", kind="ivf")
+    queries = [frames[n] for n in range(0, 8000, 400)]
+    for aggregate in ("max", "mean"):
+        indexed = vcf.search(root, queries, features=["bigframes,x"], top=3, aggregate=aggregate)
+        exact = vcf.search(root, queries, features=["bigframes,x"], top=3, aggregate=aggregate, use_index=False)
+        for a, b in zip(indexed, exact, strict=True):
+            assert a.results[0] == b.results[0]
 
 
 def test_reciprocal_rank_fusion_of_two_features(tmp_path: Path) -> None:

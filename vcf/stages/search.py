@@ -101,6 +101,8 @@ class FeatureSpace:
             order = np.argsort(inverse, kind="stable")
             bounds = np.flatnonzero(np.diff(inverse[order])) + 1
             self.groups = {name: rows for name, rows in zip(self.group_names, np.split(order, bounds), strict=True)}
+            self.group_order = order
+            self.group_starts = np.concatenate([[0], bounds]).astype(np.int64)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -134,19 +136,26 @@ class FeatureSpace:
         return self._aggregate(vector[0], candidates, depth)
 
     def _aggregate(self, vector: np.ndarray, candidates: np.ndarray, depth: int) -> list[Hit]:
-        group_scores = np.empty(len(candidates), dtype=np.float32)
-        best_rows = np.empty(len(candidates), dtype=np.int64)
-        all_groups = len(candidates) == len(self.group_names)
-        row_scores = self.matrix @ vector if all_groups else None
-        for n, group in enumerate(candidates):
-            rows = self.groups[self.group_names[group]]
-            scores = row_scores[rows] if row_scores is not None else self.matrix[rows] @ vector
-            best = int(np.argmax(scores))
-            best_rows[n] = rows[best]
-            group_scores[n] = scores[best] if self.aggregate == "max" else scores.mean(dtype=np.float64)
+        """Scores the frames of the ``candidates`` groups and reduces them per group (one vectorized pass)."""
+        if len(candidates) == len(self.group_names):
+            rows, starts = self.group_order, self.group_starts
+            scores = (self.matrix @ vector)[rows]
+        else:
+            parts = [self.groups[self.group_names[g]] for g in candidates]
+            rows = np.concatenate(parts)
+            starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]).astype(np.int64)
+            scores = self.matrix[rows] @ vector
+        ends = np.append(starts[1:], len(rows))
+        if self.aggregate == "max":
+            group_scores = np.maximum.reduceat(scores, starts)
+        else:
+            group_scores = np.add.reduceat(scores.astype(np.float64), starts) / (ends - starts)
         names = [self.group_names[g] for g in candidates]
-        top = _top(group_scores, depth, names)
-        return [Hit(names[t], float(group_scores[t]), self.ids[best_rows[t]]) for t in top]
+        hits = []
+        for t in _top(group_scores, depth, names):
+            best = rows[starts[t] + int(np.argmax(scores[starts[t] : ends[t]]))]
+            hits.append(Hit(names[t], float(group_scores[t]), self.ids[best]))
+        return hits
 
 
 def _top(scores: np.ndarray, depth: int, names: Sequence[str]) -> list[int]:
