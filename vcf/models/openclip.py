@@ -263,7 +263,11 @@ def clip_record(name: str) -> ModelRecord:
     cfg = _pretrained_cfg(arch, tag)
     preprocess = clip_preprocess(arch, tag)
     builder = functools.partial(build_clip, arch, bool(cfg.get("quick_gelu", False)))
-    layers, pool_module = _layer_dims(builder, preprocess.crop)
+    try:
+        layers, pool_module = _layer_dims(builder, preprocess.crop)
+    except Exception as exc:  # e.g. a Hugging Face text tower whose config is not cached
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelError(f"cannot build open_clip model {arch}: {reason}") from exc
     source = (cfg.get("hf_hub") and f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}") or cfg.get("url") or None
     return ModelRecord(
         name=name,
