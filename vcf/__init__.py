@@ -16,6 +16,8 @@ _API = {
     "to_h5": "vcf.stages.h5",
     "check": "vcf.stages.check",
     "merge": "vcf.run.shards",
+    "search": "vcf.stages.search",
+    "index": "vcf.stages.search_index",
 }
 
 __all__ = ["__version__", *_API]

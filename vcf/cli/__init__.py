@@ -10,6 +10,7 @@ from vcf.cli import (  # noqa: F401  (registers commands)
     commands_models,
     commands_post,
     commands_shots,
+    commands_search,
 )
 from vcf.cli.app import app, main
 

@@ -114,6 +114,15 @@ class Collection:
         return sorted(p.name for p in self.feature_root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     @property
+    def index_root(self) -> Path:
+        """Where nearest-neighbour indexes of features live: ``IndexData/``."""
+        return self.root / "IndexData"
+
+    def index_dir(self, feature_name: str) -> Path:
+        """The index directory of a feature, ``IndexData/<feature>``."""
+        return self.index_root / self.feature_dir(feature_name).name
+
+    @property
     def shard_root(self) -> Path:
         """Where ``--shard K/N`` runs keep their parts until ``vcf merge``."""
         return self.root / ".vcf-shards"

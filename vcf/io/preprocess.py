@@ -99,7 +99,7 @@ class FrameTransform:
     corners and the centre, then the same five of the horizontally flipped image.
 
     Args:
-        resize: Target of the shorter side.
+        resize: Target of the shorter side, or the exact (height, width) to resize to (aspect not kept).
         crop: Side of the square crop.
         interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
         oversample: Produce the ten crops instead of one.
@@ -112,7 +112,7 @@ class FrameTransform:
 
     def __init__(
         self,
-        resize: int,
+        resize: int | tuple[int, int],
         crop: int,
         interpolation: str = "bilinear",
         oversample: bool = False,
@@ -167,11 +167,16 @@ class FrameTransform:
         if self.interpolation == tvf.InterpolationMode.BILINEAR:
             # torchvision's uint8 antialiased bilinear kernel follows PIL's and is several times faster.
             image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-            image = tvf.resize(image, [self.resize], interpolation=self.interpolation, antialias=True)
+            image = tvf.resize(image, self._size, interpolation=self.interpolation, antialias=True)
         else:
             # Its bicubic kernel rounds differently from PIL's, which the published models were evaluated with.
             image = torch.from_numpy(np.array(self._pil_resize(rgb))).permute(2, 0, 1)
         return self._crops(image)
+
+    @property
+    def _size(self) -> list[int]:
+        """torchvision's size argument: ``[shorter side]``, or ``[height, width]`` for an exact (squashing) resize."""
+        return [self.resize] if isinstance(self.resize, int) else list(self.resize)
 
     def _crops(self, image: torch.Tensor) -> torch.Tensor:
         if not self.oversample:
@@ -199,14 +204,17 @@ class FrameTransform:
         for n, item in enumerate(items):
             if item.dim() == 1:
                 if n in decoded:
-                    image = tvf.resize(decoded[n], [self.resize], interpolation=self.interpolation, antialias=True)
+                    image = tvf.resize(decoded[n], self._size, interpolation=self.interpolation, antialias=True)
                     crops.append(self._crops(image))
             else:
                 crops.append(item.to(device, non_blocking=True))
         return (torch.cat(crops) if crops else None), failed
 
     def _pil_resize(self, rgb: np.ndarray) -> Image.Image:
-        height, width = _shorter_side_size(rgb.shape[0], rgb.shape[1], self.resize)
+        if isinstance(self.resize, int):
+            height, width = _shorter_side_size(rgb.shape[0], rgb.shape[1], self.resize)
+        else:
+            height, width = self.resize
         return Image.fromarray(rgb).resize((width, height), _PIL_FILTERS[self.interpolation])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vcf.models import openclip  # noqa: F401  (registers the clip/<arch>:<tag> family)
 from vcf.models.extractor import FeatureExtractor, build_extractor
 from vcf.models.registry import (
     LAYER_ALIASES,
