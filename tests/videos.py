@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 BITS = 10
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "video-cnn-feat-toydata"
-if not REFERENCE.is_dir():  # the checkout may be a copy elsewhere; try the parent of the project root
-    REFERENCE = Path(os.environ.get("VCF_SHARED", "../shared")).resolve() / "reference" / "video-cnn-feat-toydata"
+# The original tool's toydata as it ships: its webm, frames, index files and 32x48d text features.
+REFERENCE = Path(__file__).resolve().parent / "data" / "video-cnn-feat-toydata"
 
 
 def index_frame(index: int, width: int = 160, height: int = 96) -> np.ndarray:
