@@ -241,6 +241,11 @@ def write_id_list(path: Path, ids: Iterable[str]) -> None:
     atomic_write_text(path, "".join(f"{i}\n" for i in ids))
 
 
+def write_imageset(collection: Collection, frame_ids: Iterable[str]) -> None:
+    """Writes ``ImageSets/<collection>.txt`` as the original tools did: the frame ids sorted as strings."""
+    write_id_list(collection.imageset_file, sorted(frame_ids))
+
+
 def write_failures(path: Path, failures: Iterable[tuple[str, str]]) -> None:
     """Writes ``<item> <reason>`` lines to a failures file, or removes it when there are none."""
     failures = list(failures)
