@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -218,6 +219,25 @@ def resolve_index_path(collection: Collection, value: str) -> Path:
         if (collection.root / tail).exists():
             return collection.root / tail
     return inside
+
+
+def files_digest(collection: Collection, paths: Iterable[Path]) -> str:
+    """SHA-256 over the path, size and modification time of each file, in order (-1 for a missing file).
+
+    Tells whether the files an output was computed from changed since, without reading them: rewriting a
+    file (e.g. ``vcf frames --overwrite``) changes its modification time. Paths inside the collection
+    count relative to it, so that a collection mounted elsewhere (another node) gives the same digest.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        name = path.relative_to(collection.root) if path.is_relative_to(collection.root) else path
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:  # a missing or unreadable file fails when read; the run goes on
+            size = mtime = -1
+        digest.update(f"{name}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def format_index_path(collection: Collection, path: Path, relative: bool) -> str:

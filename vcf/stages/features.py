@@ -408,6 +408,7 @@ def features(
             "index": coll.imagepath_file.name,
             "sha256": hashlib.sha256(coll.imagepath_file.read_bytes()).hexdigest(),
             "count": len(items),
+            "files_sha256": layout.files_digest(coll, [path for _, path in items]),  # the frames' sizes and mtimes
         },
     }
     if compile_model:  # absent otherwise, so that manifests of earlier runs still match
