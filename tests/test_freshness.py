@@ -120,6 +120,6 @@ def test_h5_follows_the_values_of_its_input(featured: Path) -> None:
     assert not to_h5(featured, feature).skipped
     current = rows(featured, feature)
     with h5py.File(first.output, "r") as h5:
-        stored = {key: np.asarray(h5[key]) for key in h5.keys()}
+        stored = {key: np.asarray(h5[key]) for key in h5}
     assert any(np.array_equal(stored_rows[0], current["alpha_1_0"]) for stored_rows in stored.values())
     assert not to_h5(featured, feature, overwrite=True).skipped

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import vcf.stages.pool as pool_module
 from vcf.cli.app import app
-from vcf.errors import CollectionError, FeatureFileError, OutputExistsError, VcfError
+from vcf.errors import CollectionError, FeatureFileError, VcfError
 from vcf.io.bigfile import BigFile, txt_to_bigfile, write_bigfile
 from vcf.io.collection import Collection
 from vcf.stages.pool import pool
