@@ -49,6 +49,9 @@ class Preprocess:
         interpolation: Resize filter: "bilinear", "bicubic" or "nearest".
         value_scale: The pixel scale the original code normalized in: 1.0 for [0, 1] inputs, 255.0 for
             models trained on 0-255 values minus a mean (Hara's 3D ResNeXt, whose std is 1/255 here).
+        antialias: False when the reference resizes tensors without antialiasing (torchvision's video models).
+        reference: The preprocessing the weights were published with, and its source; tests compare vcf's
+            input tensor with it. Any known gap with ``--resize-backend pil`` is stated here.
     """
 
     resize: int | tuple[int, int]
@@ -57,6 +60,8 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     value_scale: float = 1.0
+    antialias: bool = True
+    reference: str = ""
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -289,6 +294,7 @@ def _timm_record(name: str) -> ModelRecord:
         mean=tuple(float(v) for v in data["mean"]),
         std=tuple(float(v) for v in data["std"]),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+        reference=f"timm {arch} pretrained_cfg: resolve_data_config + create_transform (PIL)",
     )
     classifier = model.get_classifier()
     feature_module = next((path for path, module in model.named_modules() if module is classifier), "")
@@ -377,8 +383,9 @@ def _tv_builder(name: str) -> nn.Module:
     return models.get_model(name, weights=None)
 
 
-def _tv_preprocess(transforms: Any) -> Preprocess:
+def _tv_preprocess(weights: Any, video: bool = False) -> Preprocess:
     """The eval preprocessing of a torchvision Weights entry, read from its transforms partial."""
+    transforms = weights.transforms
     params = {
         key: p.default
         for key, p in inspect.signature(transforms.func).parameters.items()
@@ -397,6 +404,9 @@ def _tv_preprocess(transforms: Any) -> Preprocess:
         mean=tuple(float(v) for v in params["mean"]),
         std=tuple(float(v) for v in params["std"]),
         interpolation=getattr(interpolation, "value", interpolation) or "bilinear",
+        antialias=not video,  # VideoClassification resizes with antialias=False, ImageClassification PIL images
+        reference=f"torchvision {weights}.transforms(): "
+        + ("VideoClassification (tensor resize without antialiasing)" if video else "ImageClassification (PIL)"),
     )
 
 
@@ -418,7 +428,7 @@ def _register_torchvision() -> None:
                 kind="2d",
                 builder=functools.partial(_tv_builder, name),
                 weights=_tv_weights(weights, _TV_LICENSE),
-                preprocess=_tv_preprocess(weights.transforms),
+                preprocess=_tv_preprocess(weights),
                 layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
                 feature_module=head,
                 fixed_input_size=name.startswith("vit_"),
@@ -433,7 +443,7 @@ def _register_torchvision() -> None:
                 kind="3d",
                 builder=functools.partial(_tv_builder, name),
                 weights=_tv_weights(weights, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
-                preprocess=_tv_preprocess(weights.transforms),
+                preprocess=_tv_preprocess(weights, video=True),
                 layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
                 feature_module=head,
                 fixed_input_size=fixed,
@@ -445,6 +455,11 @@ def _register_torchvision() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- WSL
+
+WSL_REFERENCE = (
+    "facebookresearch/WSL-Images (README, torch.hub usage): on a PIL image Resize(256), CenterCrop(224), "
+    "ToTensor(), Normalize(ImageNet mean, std); the original feature tool (video-cnn-feat) did the same"
+)
 
 # Hash parts of the file names in facebookresearch/WSL-Images hubconf.py.
 _WSL_HASHES = {8: "c38310e5", 16: "c6f796b0", 32: "e4b90b00", 48: "3e41cc8a"}
@@ -469,7 +484,7 @@ def _register_wsl() -> None:
                     filename=filename,
                     license="CC-BY-NC-4.0 (facebookresearch/WSL-Images)",
                 ),
-                preprocess=Preprocess(resize=256, crop=224),
+                preprocess=Preprocess(resize=256, crop=224, reference=WSL_REFERENCE),
                 layers={"avgpool": 2048, "fc": 1000},
                 description=f"ResNeXt-101 32x{width}d pretrained on 940M Instagram images, fine-tuned on ImageNet",
             )
@@ -477,6 +492,13 @@ def _register_wsl() -> None:
 
 
 # ---------------------------------------------------------------------------------- EfficientNet-Lite0
+
+LITE0_REFERENCE = (
+    "timm tf_efficientnet_lite0 pretrained_cfg through resolve_data_config + create_transform (bicubic, "
+    "crop_pct 0.875: Resize(256), CenterCrop(224) on a PIL image), normalised as TensorFlow's EfficientNet-Lite "
+    "(tensorflow/tpu models/official/efficientnet/lite: MEAN_RGB 127, STDDEV_RGB 128, the weights' origin); "
+    "timm's own cfg says mean = std = 0.5, i.e. (x - 127.5) / 127.5, at most 0.0079 from (x - 127) / 128"
+)
 
 
 def _lite0_builder() -> nn.Module:
@@ -507,7 +529,12 @@ def _register_lite0() -> None:
             ),
             # TensorFlow's EfficientNet-Lite inputs are (pixel - 127) / 128; resize/crop as timm's lite0.
             preprocess=Preprocess(
-                resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
+                resize=256,
+                crop=224,
+                mean=(127 / 255,) * 3,
+                std=(128 / 255,) * 3,
+                interpolation="bicubic",
+                reference=LITE0_REFERENCE,
             ),
             layers={"avgpool": 1280, "fc": 1000},
             feature_module="classifier",
@@ -517,6 +544,12 @@ def _register_lite0() -> None:
 
 
 # --------------------------------------------------------------------------------- Hara's 3D ResNeXt
+
+HARA_REFERENCE = (
+    "kenshohara/video-classification-3d-cnn-pytorch (main.py, spatial_transforms.py): per frame, on a PIL image "
+    "Scale(112) (shorter side, PIL bilinear), CenterCrop(112), ToTensor(norm_value=1) (0-255 values), "
+    "Normalize(mean, [1, 1, 1]) with mean.py's ActivityNet mean (or the Kinetics mean: the _kmean record)"
+)
 
 
 def _resnext3d_builder() -> nn.Module:
@@ -550,6 +583,7 @@ def _register_resnext3d() -> None:
                     mean=tuple(m / 255 for m in mean_255),
                     std=(1 / 255,) * 3,
                     value_scale=255.0,
+                    reference=HARA_REFERENCE,
                 ),
                 layers={"avgpool": 2048, "fc": 400},
                 clip_len=16,

@@ -270,6 +270,7 @@ def features(
     fast_decode: bool = False,
     decode_on_device: bool = False,
     compile_model: bool = False,
+    resize_backend: str = "default",
 ) -> FeaturesResult:
     """Computes CNN features of the frames listed in ``id.imagepath.txt``, or straight from videos.
 
@@ -319,6 +320,9 @@ def features(
             (recorded in the manifest).
         compile_model: Frames, local engine: run the model through ``torch.compile`` (a one-time
             compilation per batch shape, then faster kernels, mostly on GPUs; recorded in the manifest).
+        resize_backend: ``default`` (torchvision's fast uint8 kernel for bilinear resizing) or ``pil``
+            (the reference pipeline exactly: PIL's resize, as the published transforms do; recorded in the
+            manifest). See :data:`vcf.io.preprocess.RESIZE_BACKENDS`.
 
     Returns:
         A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
@@ -368,6 +372,7 @@ def features(
         l2_normalize=l2_normalize,
         dtype=dtype,
         video_timeout=video_timeout,
+        resize_backend=resize_backend,
     )
     if dispatched is not None:
         return dispatched
@@ -392,6 +397,8 @@ def features(
         oversample,
         fast_decode=fast_decode,
         decode_device=str(torch_device) if decode_on_device else None,
+        antialias=pre.antialias,
+        resize_backend=resize_backend,
     )
     settings = {
         "model": record.name,

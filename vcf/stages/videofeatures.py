@@ -224,6 +224,8 @@ class DecodeSpec:
         oversample: Ten crops per frame (2D only).
         clips: Clip settings (3D models), None for per-frame items.
         batch_size: Most items per message.
+        antialias: False when the model's reference resizes without antialiasing.
+        resize_backend: See :data:`vcf.io.preprocess.RESIZE_BACKENDS`.
     """
 
     sampling: Sampling
@@ -233,6 +235,8 @@ class DecodeSpec:
     oversample: bool
     clips: ClipSettings | None
     batch_size: int
+    antialias: bool = True
+    resize_backend: str = "default"
 
     def transform(self) -> FrameTransform | ExactResizeCrop:
         """The per-frame transform: RGB uint8 (H, W, 3) to (views, 3, crop, crop) uint8."""
@@ -240,17 +244,28 @@ class DecodeSpec:
             if self.oversample:
                 raise VcfError("ten-crop oversampling needs a model resized by its shorter side")
             return ExactResizeCrop(tuple(self.resize), self.crop, self.interpolation)  # type: ignore[arg-type]
-        return FrameTransform(self.resize, self.crop, self.interpolation, self.oversample)
+        return FrameTransform(
+            self.resize,
+            self.crop,
+            self.interpolation,
+            self.oversample,
+            antialias=self.antialias,
+            resize_backend=self.resize_backend,
+        )
 
 
 def _decode_spec(
-    record: Any, sampling: Sampling, clips: ClipSettings | None, oversample: bool, batch: int
+    record: Any, sampling: Sampling, clips: ClipSettings | None, oversample: bool, batch: int, backend: str = "default"
 ) -> DecodeSpec:
     if clips is not None and oversample:
         raise VcfError("--oversample is for 2D models")
     pre = record.preprocess
     resize = tuple(pre.resize) if isinstance(pre.resize, (tuple, list)) else int(pre.resize)
-    return DecodeSpec(sampling, resize, int(pre.crop), pre.interpolation, oversample, clips, batch)  # type: ignore[arg-type]
+    spec = DecodeSpec(
+        sampling, resize, int(pre.crop), pre.interpolation, oversample, clips, batch, pre.antialias, backend
+    )  # type: ignore[arg-type]
+    spec.transform()  # refuses an unknown backend before any work starts
+    return spec
 
 
 def _preprocessing(record: Any, spec: DecodeSpec) -> dict[str, Any]:
@@ -866,6 +881,7 @@ def features_from_videos(
     engine: str = "local",
     ray_address: str | None = None,
     progress: ProgressCallback | None = None,
+    resize_backend: str = "default",
 ) -> FeaturesResult:
     """Computes features of the videos in ``VideoData/`` without writing frame files.
 
@@ -903,6 +919,7 @@ def features_from_videos(
             model actors on a Ray cluster).
         ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
+        resize_backend: ``default`` or ``pil`` (see :data:`vcf.io.preprocess.RESIZE_BACKENDS`).
 
     Returns:
         A FeaturesResult; ``computed`` and ``reused`` count rows (in a shard run, ``feature_dirs`` are the
@@ -924,7 +941,7 @@ def features_from_videos(
     record = get_model(resolve_model_name(model, model_type))
     clips = clip_settings(record, clip_len, clip_stride, clip_fps)
     sampling = _sampling(record, clips, fps, every, num_frames, default_fps=None)
-    spec = _decode_spec(record, sampling, clips, oversample, batch_size)
+    spec = _decode_spec(record, sampling, clips, oversample, batch_size, resize_backend)
     coll = layout.resolve_collection(collection, rootpath)
     videos, failures = _discover(coll)
     if not videos and not failures:
@@ -1186,6 +1203,7 @@ def features_from_csv(
     engine: str = "local",
     ray_address: str | None = None,
     progress: ProgressCallback | None = None,
+    resize_backend: str = "default",
 ) -> CsvFeaturesResult:
     """Computes one ``.npy`` of shape (T, D) per video of a ``video_path,feature_path`` CSV.
 
@@ -1222,6 +1240,7 @@ def features_from_csv(
         engine: ``local`` or ``ray`` (decoding tasks feed model actors on a Ray cluster).
         ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
+        resize_backend: ``default`` or ``pil`` (see :data:`vcf.io.preprocess.RESIZE_BACKENDS`).
 
     Returns:
         A CsvFeaturesResult; ``computed`` and ``reused`` count videos.
@@ -1247,7 +1266,7 @@ def features_from_csv(
     dims = record.layers[record.resolve_layer(layer)]
     clips = clip_settings(record, clip_len, clip_stride, clip_fps)
     sampling = _sampling(record, clips, fps, every, num_frames, default_fps=DEFAULT_CSV_FPS)
-    spec = _decode_spec(record, sampling, clips, oversample, batch_size)
+    spec = _decode_spec(record, sampling, clips, oversample, batch_size, resize_backend)
     shard_spec = parse_scale_out(shard, engine, ray_address)
     csv_path = Path(csv).expanduser()
     rows, failures = read_feature_csv(csv_path)
