@@ -77,6 +77,33 @@ def test_features_equal_pil_reference(framed_reference: Path) -> None:
     assert cosine_rows(ours, expected).min() >= 0.99999
 
 
+@pytest.mark.parametrize("backend", ["pil", "default"])
+def test_resize_backend_features_against_the_reference(framed_reference: Path, tmp_path: Path, backend: str) -> None:
+    """resnet18 (bilinear, random weights): Resize(256), CenterCrop(224), ToTensor, Normalize on
+    PIL.Image.open().convert("RGB"), run through the same network, one image at a time."""
+    weights = tmp_path / "resnet18_random.pth"
+    torch.manual_seed(0)
+    torch.save(get_model("resnet18").build().state_dict(), weights)
+    result = features(
+        framed_reference,
+        model="resnet18",
+        weights=weights,
+        precision="fp32",
+        batch_size=4,
+        workers=0,
+        resize_backend=backend,
+    )
+    directory = result.feature_dirs["avgpool"]
+    assert json.loads((directory / "manifest.json").read_text())["preprocessing"]["resize_backend"] == backend
+    ours = BigFile(directory).matrix()
+    expected = reference_features("resnet18", image_paths(framed_reference), "avgpool", weights=weights)
+    relative = np.abs(ours - expected).max() / np.abs(expected).max()
+    if backend == "pil":
+        assert relative <= 1e-5
+    else:  # the default's bilinear kernel: one level at a few pixels in ten thousand
+        assert 1e-5 < relative <= 1e-2
+
+
 def test_oversampled_features_are_the_ten_crop_mean(framed_reference: Path) -> None:
     root = framed_reference
     result = features(root, model=TINY, layers=["avgpool"], oversample=True, precision="fp32", workers=0)

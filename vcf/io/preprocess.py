@@ -188,11 +188,13 @@ class FrameTransform:
         if rgb.ndim == 1:
             return torch.from_numpy(rgb)
         bilinear = self.interpolation == tvf.InterpolationMode.BILINEAR
-        if not self.antialias or (bilinear and self.resize_backend != "pil"):
-            # Without antialiasing: the reference itself (torchvision's video transforms). Bilinear by default:
+        if not self.antialias:
+            image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+            image = resize_without_antialias(image, [self.resize], self.interpolation)
+        elif bilinear and self.resize_backend != "pil":
             # torchvision's uint8 antialiased bilinear kernel follows PIL's and is several times faster.
             image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-            image = tvf.resize(image, [self.resize], interpolation=self.interpolation, antialias=self.antialias)
+            image = tvf.resize(image, [self.resize], interpolation=self.interpolation, antialias=True)
         else:
             # PIL, which the published models were evaluated with (torchvision's bicubic kernel rounds otherwise).
             image = torch.from_numpy(np.array(self._pil_resize(rgb))).permute(2, 0, 1)
@@ -233,6 +235,20 @@ class FrameTransform:
     def _pil_resize(self, rgb: np.ndarray) -> Image.Image:
         height, width = _shorter_side_size(rgb.shape[0], rgb.shape[1], self.resize)
         return Image.fromarray(rgb).resize((width, height), _PIL_FILTERS[self.interpolation])
+
+
+def resize_without_antialias(
+    image: torch.Tensor, size: Sequence[int], interpolation: tvf.InterpolationMode | str = "bilinear"
+) -> torch.Tensor:
+    """Resizes a (3, H, W) uint8 tensor as torchvision's video transforms do (``VideoClassification``).
+
+    Their ``transforms.functional.resize`` interpolates in float and rounds; the uint8 kernel of
+    ``transforms.v2`` rounds otherwise (one level apart at about a tenth of the values).
+    """
+    from torchvision.transforms import functional as reference_functional
+
+    mode = tvf.InterpolationMode(interpolation)
+    return reference_functional.resize(image, list(size), interpolation=mode, antialias=False)
 
 
 def _decode_jpegs(

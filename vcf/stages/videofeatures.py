@@ -37,7 +37,7 @@ from vcf.io.atomic import (
 )
 from vcf.io.bigfile import BigFileWriter
 from vcf.io.collection import Collection
-from vcf.io.preprocess import FrameTransform
+from vcf.io.preprocess import FrameTransform, resize_without_antialias
 from vcf.io.video import VideoError, decode_selected
 from vcf.models.inference import Inference, Normalization
 from vcf.progress import ProgressCallback, Reporter
@@ -208,7 +208,7 @@ class ExactResizeCrop:
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB to (1, 3, crop, crop) uint8."""
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        image = tvf.resize(image, list(self.size), interpolation=self.interpolation, antialias=False)
+        image = resize_without_antialias(image, self.size, self.interpolation)
         return tvf.center_crop(image, [self.crop, self.crop]).unsqueeze(0).contiguous()
 
 
