@@ -290,3 +290,31 @@ def test_light_models_move_decoding_to_loader_processes(
     assert loaders == [(3, 0), (3, (os.cpu_count() or 1) if light else 0)]  # 6 batches: 3 probed here, 3 after
     got = {name: (result.feature_dirs["avgpool"] / name).read_bytes() for name in expected}
     assert got == expected
+
+
+def test_original_toydata_as_it_ships(tmp_path: Path, reference_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original tool's collection, untouched: id.imagepath.txt in os.walk order with paths relative to the
+    directory above the rootpath. features, pool and to-h5 keep its rows in that order, each row its image."""
+    import h5py
+
+    from vcf.stages.h5 import to_h5
+    from vcf.stages.pool import pool
+
+    rootpath = tmp_path / "VisualSearch"
+    shutil.copytree(reference_dir, rootpath / "toydata")
+    monkeypatch.chdir(tmp_path)  # where the original tools ran from
+    lines = (rootpath / "toydata" / "id.imagepath.txt").read_text().splitlines()
+    ids = [line.split(" ", 1)[0] for line in lines]
+    assert ids != sorted(ids) and lines[0].split(" ", 1)[1].startswith("VisualSearch/toydata/ImageData/")
+    result = features("toydata", rootpath=rootpath, model=TINY, layers=["avgpool"], precision="fp32", workers=0)
+    big = BigFile(result.feature_dirs["avgpool"])
+    assert big.names == ids
+    expected = reference_features(TINY, [tmp_path / line.split(" ", 1)[1] for line in lines], "avgpool")
+    assert cosine_rows(big.matrix(), expected).min() >= 0.99999
+    pooled = pool("toydata", f"{TINY},avgpool", rootpath=rootpath)
+    assert BigFile(pooled.output).names == ["shot00001_1"]
+    np.testing.assert_allclose(BigFile(pooled.output).matrix()[0], big.matrix().mean(0), rtol=1e-5, atol=1e-7)
+    h5 = to_h5("toydata", f"{TINY},avgpool", rootpath=rootpath, per_video=False)
+    with h5py.File(h5.output, "r") as handle:
+        assert [i.decode() if isinstance(i, bytes) else str(i) for i in handle["ids"][:]] == ids
+        np.testing.assert_array_equal(handle["features"][:], big.matrix())
