@@ -10,7 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import timm
 import torch
+import torchvision
 from PIL import Image
 from torchvision import transforms
 from typer.testing import CliRunner
@@ -135,6 +137,13 @@ def test_several_layers_in_one_pass_and_manifest(framed_reference: Path) -> None
         assert manifest["precision"] == "fp32" and len(manifest["weights"]["sha256"]) == 64
         assert manifest["preprocessing"]["crop"] == record.preprocess.crop
         assert manifest["input"]["count"] == 11
+        assert manifest["versions"] == {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "opencv": cv2.__version__,
+            "timm": timm.__version__,
+            "numpy": np.__version__,
+        }
     again = features(framed_reference, model=TINY, layers=["avgpool", "fc"], precision="fp32", workers=0)
     assert again.up_to_date
 

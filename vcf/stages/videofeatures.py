@@ -33,6 +33,7 @@ from vcf.io.atomic import (
     die_with_parent,
     is_output_error,
     remove_path,
+    write_manifests_beside,
     writing,
 )
 from vcf.io.bigfile import BigFileWriter
@@ -1039,7 +1040,8 @@ class CsvRow:
 
     Attributes:
         line: Line number in the CSV (1 is the header).
-        video: The video file (absolute, or relative to the current directory when the CSV path was).
+        video: The video file: as written when absolute, else joined to the CSV's folder (so relative to the
+            current directory when the CSV's own path was relative).
         output: The .npy file to write.
     """
 
@@ -1282,7 +1284,7 @@ def features_from_csv(
     todo = [row for index, row in enumerate(rows) if wanted(index)]
     if todo:  # the model is loaded only when there is work, and before any progress is shown
         torch_device, chosen_precision = resolve_run_device(engine, device, precision, ray_address)
-        record, extractor, _ = _resolve_model(record.name, layers, weights)
+        record, extractor, weights_info = _resolve_model(record.name, layers, weights)
     reporter = Reporter(progress)
     reporter.total("videos", result.videos)
     reporter.advance("videos", len(rows) - len(todo) + len(failures))
@@ -1317,6 +1319,13 @@ def features_from_csv(
     result.up_to_date = not todo and not failures
     result.outputs = [row.output for row in rows if row.output not in failed_outputs and row.output.is_file()]
     result.shapes[layer] = (len(result.outputs), dims)
+    if todo:  # what the .npy files were computed with, beside them: <csv stem>.manifest.json
+        weights_used = {"source": weights_info.source, "sha256": weights_info.sha256}
+        settings = {"model": record.name, "layer": layer, "weights": weights_used}
+        extra = {"precision": chosen_precision, "dtype": dtype, "l2_normalize": l2_normalize, "csv": csv_path.name}
+        sampled = {"sampling": sampling.as_dict(), "clips": clips.as_dict() if clips is not None else None}
+        manifest = {**settings, "preprocessing": _preprocessing(record, spec), **extra, **sampled}
+        write_manifests_beside(result.outputs, f"{csv_path.stem}.manifest.json", manifest)
     result.failures = failures
     failures_path = csv_failures_path(csv_path, shard_spec)
     layout.write_failures(failures_path, failures)
