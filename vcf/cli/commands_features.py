@@ -39,7 +39,11 @@ def features_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
     weights: Path = typer.Option(None, "--weights", help="Local state_dict or checkpoint to load."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs made with other settings."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Recompute and replace outputs, even up-to-date ones or ones made with other settings.",
+    ),
     fast_decode: bool = typer.Option(
         False, "--fast-decode", help="Decode large JPEGs at 1/2-1/8 size in the DCT: faster, near-equal features."
     ),

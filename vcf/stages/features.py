@@ -294,7 +294,8 @@ def features(
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         weights: A local state_dict or checkpoint to use instead of the model's published weights.
         rootpath: Where named collections live.
-        overwrite: Replace outputs made with other settings.
+        overwrite: Recompute and replace the outputs, even up-to-date ones or ones made with other settings
+            (outputs whose inputs changed since are recomputed without it).
         progress: Receives ``images`` progress events.
         shard: ``K/N``: compute only shard K (from 0) of N, whole videos, into part BigFiles under
             ``FeatureData/.vcf-shards/``; :func:`vcf.merge` assembles them once all N are done.
