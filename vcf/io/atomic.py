@@ -247,13 +247,21 @@ def write_manifests_beside(files: Iterable[Path], name: str, manifest: dict[str,
 
     Returns:
         The manifests written.
+
+    Raises:
+        VcfError: The disk is full or failing (a folder that cannot be written is skipped).
     """
     by_folder: dict[Path, list[str]] = {}
     for path in files:
         by_folder.setdefault(Path(path).parent, []).append(Path(path).name)
     written = []
     for folder, names in sorted(by_folder.items()):
-        atomic_write_text(folder / name, manifest_text({**manifest, "files": sorted(names)}))
+        try:
+            atomic_write_text(folder / name, manifest_text({**manifest, "files": sorted(names)}))
+        except VcfError as exc:
+            if is_output_error(str(exc)):
+                raise
+            continue  # e.g. a folder without write permission: its outputs fail on their own, with the reason
         written.append(folder / name)
     return written
 

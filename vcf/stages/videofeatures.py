@@ -1285,6 +1285,16 @@ def features_from_csv(
     if todo:  # the model is loaded only when there is work, and before any progress is shown
         torch_device, chosen_precision = resolve_run_device(engine, device, precision, ray_address)
         record, extractor, weights_info = _resolve_model(record.name, layers, weights)
+        # What the .npy files are computed with, beside them, written first so that a killed run leaves it too.
+        weights_used = {"source": weights_info.source, "sha256": weights_info.sha256}
+        settings = {"model": record.name, "layer": layer, "weights": weights_used}
+        extra = {"precision": chosen_precision, "dtype": dtype, "l2_normalize": l2_normalize, "csv": csv_path.name}
+        sampled = {"sampling": sampling.as_dict(), "clips": clips.as_dict() if clips is not None else None}
+        manifest = {**settings, "preprocessing": _preprocessing(record, spec), **extra, **sampled}
+        name = csv_failures_path(csv_path, shard_spec).name.replace(".failures.txt", ".manifest.json")
+        write_manifests_beside([row.output for row in rows], name, manifest)
+        for folder in {row.output.parent for row in todo}:  # .npy files a killed run left half written
+            clean_stale_temps(folder)
     reporter = Reporter(progress)
     reporter.total("videos", result.videos)
     reporter.advance("videos", len(rows) - len(todo) + len(failures))
@@ -1319,13 +1329,6 @@ def features_from_csv(
     result.up_to_date = not todo and not failures
     result.outputs = [row.output for row in rows if row.output not in failed_outputs and row.output.is_file()]
     result.shapes[layer] = (len(result.outputs), dims)
-    if todo:  # what the .npy files were computed with, beside them: <csv stem>.manifest.json
-        weights_used = {"source": weights_info.source, "sha256": weights_info.sha256}
-        settings = {"model": record.name, "layer": layer, "weights": weights_used}
-        extra = {"precision": chosen_precision, "dtype": dtype, "l2_normalize": l2_normalize, "csv": csv_path.name}
-        sampled = {"sampling": sampling.as_dict(), "clips": clips.as_dict() if clips is not None else None}
-        manifest = {**settings, "preprocessing": _preprocessing(record, spec), **extra, **sampled}
-        write_manifests_beside(result.outputs, f"{csv_path.stem}.manifest.json", manifest)
     result.failures = failures
     failures_path = csv_failures_path(csv_path, shard_spec)
     layout.write_failures(failures_path, failures)
