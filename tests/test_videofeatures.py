@@ -121,10 +121,10 @@ def test_csv_npy_shapes_dtype_normalisation_and_skip_existing(csv_videos: Path) 
     import json
 
     manifest = json.loads((csv_videos / "npy" / "input.manifest.json").read_text())
-    assert manifest["files"] == ["long.npy", "mid.npy"] and manifest["model"] == TINY2D
+    assert manifest["outputs"] == ["long.npy", "mid.npy"] and manifest["model"] == TINY2D
     assert manifest["dtype"] == "float16" and manifest["l2_normalize"] and manifest["sampling"]["fps"] == 1.0
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["numpy"] == np.__version__
-    assert json.loads((csv_videos / "npy" / "deeper" / "input.manifest.json").read_text())["files"] == ["one.npy"]
+    assert json.loads((csv_videos / "npy" / "deeper" / "input.manifest.json").read_text())["outputs"] == ["one.npy"]
 
     stamp = os.stat(csv_videos / "npy" / "long.npy").st_mtime_ns
     (csv_videos / "npy" / "mid.npy").write_bytes(b"\x93NUMPY broken")

@@ -241,7 +241,7 @@ def manifest_text(manifest: dict[str, Any]) -> str:
 
 
 def write_manifests_beside(files: Iterable[Path], name: str, manifest: dict[str, Any]) -> list[Path]:
-    """Writes ``name`` into each folder holding some of ``files``: ``manifest`` plus the names of those files.
+    """Writes ``name`` into each folder of some of ``files``: ``manifest`` plus the names of those files.
 
     For outputs that are loose files (one .npy per video) rather than a directory with its own manifest.
 
@@ -257,7 +257,7 @@ def write_manifests_beside(files: Iterable[Path], name: str, manifest: dict[str,
     written = []
     for folder, names in sorted(by_folder.items()):
         try:
-            atomic_write_text(folder / name, manifest_text({**manifest, "files": sorted(names)}))
+            atomic_write_text(folder / name, manifest_text({**manifest, "outputs": sorted(names)}))
         except VcfError as exc:
             if is_output_error(str(exc)):
                 raise
