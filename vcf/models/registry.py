@@ -548,7 +548,8 @@ def _register_lite0() -> None:
 HARA_REFERENCE = (
     "kenshohara/video-classification-3d-cnn-pytorch (main.py, spatial_transforms.py): per frame, on a PIL image "
     "Scale(112) (shorter side, PIL bilinear), CenterCrop(112), ToTensor(norm_value=1) (0-255 values), "
-    "Normalize(mean, [1, 1, 1]) with mean.py's ActivityNet mean (or the Kinetics mean: the _kmean record)"
+    "Normalize(mean, [1, 1, 1]) with mean.py's ActivityNet mean (or the Kinetics mean: the _kmean record); "
+    "vcf normalises on the [0, 1] scale, so float rounding reaches about 1.5e-5 on this 0-255 scale"
 )
 
 

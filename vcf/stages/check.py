@@ -563,8 +563,8 @@ def _check_manifest(
             if digest != source["sha256"]:
                 findings.add(
                     where,
-                    f"made from another version of {source['index']} (changed since); rerun `vcf features` with "
-                    "--overwrite to update it",
+                    f"made from another version of {source['index']} (changed since); rerun `vcf features` to "
+                    "recompute it",
                     kind="stale feature",
                 )
             elif index == coll.imagepath_file and image_ids is not None:
@@ -615,12 +615,13 @@ def _check_input_unchanged(
         current = BigFile(directory).describe()
     except (FeatureFileError, OSError):
         return  # the input's own check reports it
-    keys = ("shape", "ids_sha1", "manifest_sha1")
+    keys = ("shape", "ids_sha1", "manifest_sha1", "values_sha256")
     changed = [key for key in keys if key in recorded and recorded[key] != current[key]]
     if changed:
         findings.add(
             where,
-            f"its input {input_name!r} changed since it was made ({', '.join(changed)}); rerun with --overwrite",
+            f"its input {input_name!r} changed since it was made ({', '.join(changed)}); rerun the command to "
+            "recompute it",
             kind="stale derived feature",
         )
 
