@@ -30,11 +30,20 @@ def features_command(
     layer: list[str] = typer.Option(["avgpool"], "--layer", "-l", help="Layer to write; repeat for several."),
     oversample: bool = typer.Option(False, "--oversample", help="Average 10 crops (adds ',os' to the name)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
-    workers: int = typer.Option(None, "--workers", help="Image decoding processes [default: CPU count]."),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="Image decoding processes; 0 decodes in this process [default: one a core with a GPU; on the CPU 0 "
+        "up to 2 cores, else cores/4; light models switch to loader processes when measured faster].",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
     weights: Path = typer.Option(None, "--weights", help="Local state_dict or checkpoint to load."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs made with other settings."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Recompute and replace outputs, even up-to-date ones or ones made with other settings.",
+    ),
     fast_decode: bool = typer.Option(
         False, "--fast-decode", help="Decode large JPEGs at 1/2-1/8 size in the DCT: faster, near-equal features."
     ),
@@ -43,6 +52,11 @@ def features_command(
     ),
     compile_model: bool = typer.Option(
         False, "--compile", help="Run the model through torch.compile (compiles first; mostly for GPUs)."
+    ),
+    resize_backend: str = typer.Option(
+        "default",
+        "--resize-backend",
+        help="default (fast uint8 bilinear kernel) or pil (the reference pipeline's PIL resize, exactly).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
     rootpath: Path = ROOTPATH_OPTION,
@@ -95,7 +109,8 @@ def features_command(
     Writes FeatureData/<model>,<layer>[,os]/ in BigFile format (feature.bin, id.txt, shape.txt)
     plus manifest.json, rows in id.imagepath.txt order. An interrupted run resumes where it
     stopped. Unreadable images are left out, listed in features.failures.txt, and make the exit
-    code 1. `--precision auto` uses bf16 on GPUs and on CPUs with AMX, else fp32.
+    code 1. `--precision auto` uses bf16 on GPUs that support it (fp16 on older GPUs) and on CPUs
+    with AMX, else fp32.
 
     --from-video decodes VideoData/ instead (frames chosen as `vcf frames` would: same ids, same
     order, so pool and concat work unchanged); 3D models (--type 3d) always do, one row per clip
@@ -151,6 +166,7 @@ def features_command(
         compile_model=compile_model,
         shots=shots,
         keyframe=keyframe,
+        resize_backend=resize_backend,
     )
     if csv is not None:
         if not quiet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -244,6 +245,25 @@ def resolve_index_path(collection: Collection, value: str) -> Path:
     return inside
 
 
+def files_digest(collection: Collection, paths: Iterable[Path]) -> str:
+    """SHA-256 over the path, size and modification time of each file, in order (-1 for a missing file).
+
+    Tells whether the files an output was computed from changed since, without reading them: rewriting a
+    file (e.g. ``vcf frames --overwrite``) changes its modification time. Paths inside the collection
+    count relative to it, so that a collection mounted elsewhere (another node) gives the same digest.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        name = path.relative_to(collection.root) if path.is_relative_to(collection.root) else path
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:  # a missing or unreadable file fails when read; the run goes on
+            size = mtime = -1
+        digest.update(f"{name}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def format_index_path(collection: Collection, path: Path, relative: bool) -> str:
     """The text written for ``path`` in an index file: absolute, or relative to the collection."""
     return str(path.relative_to(collection.root)) if relative else str(path)
@@ -263,6 +283,11 @@ def read_id_list(path: Path) -> list[str]:
 def write_id_list(path: Path, ids: Iterable[str]) -> None:
     """Atomically writes one id a line."""
     atomic_write_text(path, "".join(f"{i}\n" for i in ids))
+
+
+def write_imageset(collection: Collection, frame_ids: Iterable[str]) -> None:
+    """Writes ``ImageSets/<collection>.txt`` as the original tools did: the frame ids sorted as strings."""
+    write_id_list(collection.imageset_file, sorted(frame_ids))
 
 
 def write_failures(path: Path, failures: Iterable[tuple[str, str]]) -> None:

@@ -28,6 +28,7 @@ KINETICS_MEAN_255 = (110.63666788, 103.16065604, 96.29023126)
 
 LAYER_ALIASES = {"logits": "fc"}
 TIMM_PREFIX = "timm/"
+MODULES_ENV = "VCF_MODEL_MODULES"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
@@ -48,6 +49,9 @@ class Preprocess:
         interpolation: Resize filter: "bilinear", "bicubic" or "nearest".
         value_scale: The pixel scale the original code normalized in: 1.0 for [0, 1] inputs, 255.0 for
             models trained on 0-255 values minus a mean (Hara's 3D ResNeXt, whose std is 1/255 here).
+        antialias: False when the reference resizes tensors without antialiasing (torchvision's video models).
+        reference: The preprocessing the weights were published with, and its source; tests compare vcf's
+            input tensor with it. Any known gap with ``--resize-backend pil`` is stated here.
     """
 
     resize: int | tuple[int, int]
@@ -56,6 +60,8 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     value_scale: float = 1.0
+    antialias: bool = True
+    reference: str = ""
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -311,6 +317,7 @@ def _timm_record(name: str) -> ModelRecord:
         mean=tuple(float(v) for v in data["mean"]),
         std=tuple(float(v) for v in data["std"]),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+        reference=f"timm {arch} pretrained_cfg: resolve_data_config + create_transform (PIL)",
     )
     classifier = model.get_classifier()
     feature_module = next((path for path, module in model.named_modules() if module is classifier), "")
@@ -425,8 +432,9 @@ def _tv_builder(name: str) -> nn.Module:
     return models.get_model(name, weights=None)
 
 
-def _tv_preprocess(transforms: Any) -> Preprocess:
+def _tv_preprocess(weights: Any, video: bool = False) -> Preprocess:
     """The eval preprocessing of a torchvision Weights entry, read from its transforms partial."""
+    transforms = weights.transforms
     params = {
         key: p.default
         for key, p in inspect.signature(transforms.func).parameters.items()
@@ -445,6 +453,9 @@ def _tv_preprocess(transforms: Any) -> Preprocess:
         mean=tuple(float(v) for v in params["mean"]),
         std=tuple(float(v) for v in params["std"]),
         interpolation=getattr(interpolation, "value", interpolation) or "bilinear",
+        antialias=not video,  # VideoClassification resizes with antialias=False, ImageClassification PIL images
+        reference=f"torchvision {weights}.transforms(): "
+        + ("VideoClassification (tensor resize without antialiasing)" if video else "ImageClassification (PIL)"),
     )
 
 
@@ -466,7 +477,7 @@ def _register_torchvision() -> None:
                 kind="2d",
                 builder=functools.partial(_tv_builder, name),
                 weights=_tv_weights(weights, _TV_LICENSE),
-                preprocess=_tv_preprocess(weights.transforms),
+                preprocess=_tv_preprocess(weights),
                 layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
                 feature_module=head,
                 fixed_input_size=name.startswith("vit_"),
@@ -481,7 +492,7 @@ def _register_torchvision() -> None:
                 kind="3d",
                 builder=functools.partial(_tv_builder, name),
                 weights=_tv_weights(weights, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
-                preprocess=_tv_preprocess(weights.transforms),
+                preprocess=_tv_preprocess(weights, video=True),
                 layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
                 feature_module=head,
                 fixed_input_size=fixed,
@@ -493,6 +504,11 @@ def _register_torchvision() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- WSL
+
+WSL_REFERENCE = (
+    "facebookresearch/WSL-Images (README, torch.hub usage): on a PIL image Resize(256), CenterCrop(224), "
+    "ToTensor(), Normalize(ImageNet mean, std); the original feature tool (video-cnn-feat) did the same"
+)
 
 # Hash parts of the file names in facebookresearch/WSL-Images hubconf.py.
 _WSL_HASHES = {8: "c38310e5", 16: "c6f796b0", 32: "e4b90b00", 48: "3e41cc8a"}
@@ -517,7 +533,7 @@ def _register_wsl() -> None:
                     filename=filename,
                     license="CC-BY-NC-4.0 (facebookresearch/WSL-Images)",
                 ),
-                preprocess=Preprocess(resize=256, crop=224),
+                preprocess=Preprocess(resize=256, crop=224, reference=WSL_REFERENCE),
                 layers={"avgpool": 2048, "fc": 1000},
                 description=f"ResNeXt-101 32x{width}d pretrained on 940M Instagram images, fine-tuned on ImageNet",
             )
@@ -525,6 +541,13 @@ def _register_wsl() -> None:
 
 
 # ---------------------------------------------------------------------------------- EfficientNet-Lite0
+
+LITE0_REFERENCE = (
+    "timm tf_efficientnet_lite0 pretrained_cfg through resolve_data_config + create_transform (bicubic, "
+    "crop_pct 0.875: Resize(256), CenterCrop(224) on a PIL image), normalised as TensorFlow's EfficientNet-Lite "
+    "(tensorflow/tpu models/official/efficientnet/lite: MEAN_RGB 127, STDDEV_RGB 128, the weights' origin); "
+    "timm's own cfg says mean = std = 0.5, i.e. (x - 127.5) / 127.5, at most 0.0079 from (x - 127) / 128"
+)
 
 
 def _lite0_builder() -> nn.Module:
@@ -555,7 +578,12 @@ def _register_lite0() -> None:
             ),
             # TensorFlow's EfficientNet-Lite inputs are (pixel - 127) / 128; resize/crop as timm's lite0.
             preprocess=Preprocess(
-                resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
+                resize=256,
+                crop=224,
+                mean=(127 / 255,) * 3,
+                std=(128 / 255,) * 3,
+                interpolation="bicubic",
+                reference=LITE0_REFERENCE,
             ),
             layers={"avgpool": 1280, "fc": 1000},
             feature_module="classifier",
@@ -565,6 +593,13 @@ def _register_lite0() -> None:
 
 
 # --------------------------------------------------------------------------------- Hara's 3D ResNeXt
+
+HARA_REFERENCE = (
+    "kenshohara/video-classification-3d-cnn-pytorch (main.py, spatial_transforms.py): per frame, on a PIL image "
+    "Scale(112) (shorter side, PIL bilinear), CenterCrop(112), ToTensor(norm_value=1) (0-255 values), "
+    "Normalize(mean, [1, 1, 1]) with mean.py's ActivityNet mean (or the Kinetics mean: the _kmean record); "
+    "vcf normalises on the [0, 1] scale, so float rounding reaches about 1.5e-5 on this 0-255 scale"
+)
 
 
 def _resnext3d_builder() -> nn.Module:
@@ -598,6 +633,7 @@ def _register_resnext3d() -> None:
                     mean=tuple(m / 255 for m in mean_255),
                     std=(1 / 255,) * 3,
                     value_scale=255.0,
+                    reference=HARA_REFERENCE,
                 ),
                 layers={"avgpool": 2048, "fc": 400},
                 clip_len=16,
@@ -607,100 +643,30 @@ def _register_resnext3d() -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------ test models
-
-
-class TinyNet2d(nn.Module):
-    """Two strided convolutions, global pooling and a linear layer: a fast stand-in for real CNNs."""
-
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(8),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images to (B, num_classes) logits."""
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-class TinyNet3d(nn.Module):
-    """The 3D counterpart of :class:`TinyNet2d`, for (B, 3, T, H, W) clips."""
-
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv3d(3, 8, 3, stride=(1, 2, 2), padding=1, bias=False),
-            nn.BatchNorm3d(8),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm3d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.avgpool = nn.AdaptiveAvgPool3d(1)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, T, H, W) clips to (B, num_classes) logits."""
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-def _seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
-    """Builds ``cls`` with a fixed seed, so test features are the same in every process and run."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls()
-    # A random BatchNorm keeps unit statistics; spread them so the layer is not an identity.
-    with torch.no_grad():
-        for index, module in enumerate(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-            channels = torch.arange(module.num_features, dtype=torch.float32)
-            module.running_mean.copy_(0.01 * channels - 0.02 * index)
-            module.running_var.copy_(1.0 + 0.05 * channels)
-    return model
-
-
-def _register_test_models() -> None:
-    builtin = WeightsSource(builtin=True, license="test model: fixed-seed random weights")
-    register(
-        ModelRecord(
-            name="test_tiny2d",
-            kind="2d",
-            builder=functools.partial(_seeded, TinyNet2d),
-            weights=builtin,
-            preprocess=Preprocess(resize=36, crop=32),
-            layers={"avgpool": 16, "fc": 10},
-            description="tiny 2D test model with fixed random weights (fast tests)",
-        )
-    )
-    register(
-        ModelRecord(
-            name="test_tiny3d",
-            kind="3d",
-            builder=functools.partial(_seeded, TinyNet3d),
-            weights=builtin,
-            preprocess=Preprocess(resize=36, crop=32, mean=KINETICS_MEAN, std=KINETICS_STD),
-            layers={"avgpool": 16, "fc": 10},
-            clip_len=4,
-            clip_fps=8.0,
-            description="tiny 3D test model with fixed random weights (fast tests)",
-        )
-    )
-
-
 def _register_all() -> None:
     register_family(TIMM_PREFIX, _timm_record)
     _register_torchvision()
     _register_wsl()
     _register_lite0()
     _register_resnext3d()
-    _register_test_models()
 
 
 _register_all()
+
+
+def register_modules(names: str | None = None) -> None:
+    """Imports modules that register more models, e.g. ``vcf.models.testing`` (tests' tiny networks).
+
+    Args:
+        names: Comma-separated module names; default ``$VCF_MODEL_MODULES``. The variable reaches every
+            process a run starts (loader workers, shards, Ray actors), so they all know the same models.
+    """
+    import importlib
+    import os
+
+    for name in (names if names is not None else os.environ.get(MODULES_ENV, "")).split(","):
+        if name.strip():
+            importlib.import_module(name.strip())
+
+
+register_modules()

@@ -466,7 +466,8 @@ def _check_video_indexes(
         (coll.videoset_file, video_ids, rel),
         (coll.imageset_file, image_ids, _rel(coll, coll.imagepath_file)),
     ):
-        if expected is not None and list_file.is_file() and layout.read_id_list(list_file) != expected:
+        # Compared as sets of ids: the original tools wrote these lists sorted, vcf writes ImageSets sorted too.
+        if expected is not None and list_file.is_file() and sorted(layout.read_id_list(list_file)) != sorted(expected):
             findings.add(_rel(coll, list_file), f"its ids differ from {what}", kind=f"{list_file.name} ids")
     if coll.video_dir.is_dir() and coll.image_dir.is_dir():
         failed = {line.split(" ", 1)[0] for line in _read_lines(coll.failures_file("frames")) if line.strip()}
@@ -562,8 +563,8 @@ def _check_manifest(
             if digest != source["sha256"]:
                 findings.add(
                     where,
-                    f"made from another version of {source['index']} (changed since); rerun `vcf features` with "
-                    "--overwrite to update it",
+                    f"made from another version of {source['index']} (changed since); rerun `vcf features` to "
+                    "recompute it",
                     kind="stale feature",
                 )
             elif index == coll.imagepath_file and image_ids is not None:
@@ -614,12 +615,13 @@ def _check_input_unchanged(
         current = BigFile(directory).describe()
     except (FeatureFileError, OSError):
         return  # the input's own check reports it
-    keys = ("shape", "ids_sha1", "manifest_sha1")
+    keys = ("shape", "ids_sha1", "manifest_sha1", "values_sha256")
     changed = [key for key in keys if key in recorded and recorded[key] != current[key]]
     if changed:
         findings.add(
             where,
-            f"its input {input_name!r} changed since it was made ({', '.join(changed)}); rerun with --overwrite",
+            f"its input {input_name!r} changed since it was made ({', '.join(changed)}); rerun the command to "
+            "recompute it",
             kind="stale derived feature",
         )
 

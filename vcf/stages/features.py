@@ -272,6 +272,7 @@ def features(
     compile_model: bool = False,
     shots: bool = False,
     keyframe: bool = False,
+    resize_backend: str = "default",
 ) -> FeaturesResult:
     """Computes CNN features of the frames listed in ``id.imagepath.txt``, or straight from videos.
 
@@ -295,7 +296,8 @@ def features(
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         weights: A local state_dict or checkpoint to use instead of the model's published weights.
         rootpath: Where named collections live.
-        overwrite: Replace outputs made with other settings.
+        overwrite: Recompute and replace the outputs, even up-to-date ones or ones made with other settings
+            (outputs whose inputs changed since are recomputed without it).
         progress: Receives ``images`` progress events.
         shard: ``K/N``: compute only shard K (from 0) of N, whole videos, into part BigFiles under
             ``FeatureData/.vcf-shards/``; :func:`vcf.merge` assembles them once all N are done.
@@ -323,6 +325,9 @@ def features(
             compilation per batch shape, then faster kernels, mostly on GPUs; recorded in the manifest).
         shots: With ``from_video``: sample inside each shot of ``id.shots.txt``, ids ``<shot_id>_<n>``.
         keyframe: With ``shots``: the middle frame of each shot only.
+        resize_backend: ``default`` (torchvision's fast uint8 kernel for bilinear resizing) or ``pil``
+            (the reference pipeline exactly: PIL's resize, as the published transforms do; recorded in the
+            manifest). See :data:`vcf.io.preprocess.RESIZE_BACKENDS`.
 
     Returns:
         A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
@@ -376,6 +381,7 @@ def features(
         dtype=dtype,
         video_timeout=video_timeout,
         **shot_options,
+        resize_backend=resize_backend,
     )
     if dispatched is not None:
         return dispatched
@@ -400,6 +406,8 @@ def features(
         oversample,
         fast_decode=fast_decode,
         decode_device=str(torch_device) if decode_on_device else None,
+        antialias=pre.antialias,
+        resize_backend=resize_backend,
     )
     settings = {
         "model": record.name,
@@ -416,6 +424,7 @@ def features(
             "index": coll.imagepath_file.name,
             "sha256": hashlib.sha256(coll.imagepath_file.read_bytes()).hexdigest(),
             "count": len(items),
+            "files_sha256": layout.files_digest(coll, [path for _, path in items]),  # the frames' sizes and mtimes
         },
     }
     if compile_model:  # absent otherwise, so that manifests of earlier runs still match

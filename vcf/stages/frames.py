@@ -376,7 +376,7 @@ def _write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, Vi
         [(v, f"{done[v].int_fps} {done[v].frame_count} {done[v].width} {done[v].height}") for v in video_ids],
     )
     layout.write_id_list(coll.videoset_file, video_ids)
-    layout.write_id_list(coll.imageset_file, [frame_id for frame_id, _ in image_lines])
+    layout.write_imageset(coll, [frame_id for frame_id, _ in image_lines])
     return len(image_lines)
 
 

@@ -33,11 +33,12 @@ from vcf.io.atomic import (
     die_with_parent,
     is_output_error,
     remove_path,
+    write_manifests_beside,
     writing,
 )
 from vcf.io.bigfile import BigFileWriter
 from vcf.io.collection import Collection
-from vcf.io.preprocess import FrameTransform
+from vcf.io.preprocess import FrameTransform, resize_without_antialias
 from vcf.io.shotlist import CollectionShots
 from vcf.io.video import VideoError, decode_selected
 from vcf.models.inference import Inference, Normalization
@@ -209,7 +210,7 @@ class ExactResizeCrop:
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB to (1, 3, crop, crop) uint8."""
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        image = tvf.resize(image, list(self.size), interpolation=self.interpolation, antialias=False)
+        image = resize_without_antialias(image, self.size, self.interpolation)
         return tvf.center_crop(image, [self.crop, self.crop]).unsqueeze(0).contiguous()
 
 
@@ -225,6 +226,8 @@ class DecodeSpec:
         oversample: Ten crops per frame (2D only).
         clips: Clip settings (3D models), None for per-frame items.
         batch_size: Most items per message.
+        antialias: False when the model's reference resizes without antialiasing.
+        resize_backend: See :data:`vcf.io.preprocess.RESIZE_BACKENDS`.
     """
 
     sampling: Sampling
@@ -234,6 +237,8 @@ class DecodeSpec:
     oversample: bool
     clips: ClipSettings | None
     batch_size: int
+    antialias: bool = True
+    resize_backend: str = "default"
 
     def transform(self) -> FrameTransform | ExactResizeCrop:
         """The per-frame transform: RGB uint8 (H, W, 3) to (views, 3, crop, crop) uint8."""
@@ -241,17 +246,28 @@ class DecodeSpec:
             if self.oversample:
                 raise VcfError("ten-crop oversampling needs a model resized by its shorter side")
             return ExactResizeCrop(tuple(self.resize), self.crop, self.interpolation)  # type: ignore[arg-type]
-        return FrameTransform(self.resize, self.crop, self.interpolation, self.oversample)
+        return FrameTransform(
+            self.resize,
+            self.crop,
+            self.interpolation,
+            self.oversample,
+            antialias=self.antialias,
+            resize_backend=self.resize_backend,
+        )
 
 
 def _decode_spec(
-    record: Any, sampling: Sampling, clips: ClipSettings | None, oversample: bool, batch: int
+    record: Any, sampling: Sampling, clips: ClipSettings | None, oversample: bool, batch: int, backend: str = "default"
 ) -> DecodeSpec:
     if clips is not None and oversample:
         raise VcfError("--oversample is for 2D models")
     pre = record.preprocess
     resize = tuple(pre.resize) if isinstance(pre.resize, (tuple, list)) else int(pre.resize)
-    return DecodeSpec(sampling, resize, int(pre.crop), pre.interpolation, oversample, clips, batch)  # type: ignore[arg-type]
+    spec = DecodeSpec(
+        sampling, resize, int(pre.crop), pre.interpolation, oversample, clips, batch, pre.antialias, backend
+    )  # type: ignore[arg-type]
+    spec.transform()  # refuses an unknown backend before any work starts
+    return spec
 
 
 def _preprocessing(record: Any, spec: DecodeSpec) -> dict[str, Any]:
@@ -874,6 +890,7 @@ def features_from_videos(
     progress: ProgressCallback | None = None,
     shots: bool = False,
     keyframe: bool = False,
+    resize_backend: str = "default",
 ) -> FeaturesResult:
     """Computes features of the videos in ``VideoData/`` without writing frame files.
 
@@ -914,6 +931,7 @@ def features_from_videos(
         shots: 2D: sample inside each shot of ``id.shots.txt`` as ``vcf frames --shots`` does; ids
             ``<shot_id>_<n>``, so that ``pool`` gives one row per shot.
         keyframe: With ``shots``, the middle frame of each shot only.
+        resize_backend: ``default`` or ``pil`` (see :data:`vcf.io.preprocess.RESIZE_BACKENDS`).
 
     Returns:
         A FeaturesResult; ``computed`` and ``reused`` count rows (in a shard run, ``feature_dirs`` are the
@@ -935,7 +953,7 @@ def features_from_videos(
     record = get_model(resolve_model_name(model, model_type))
     clips = clip_settings(record, clip_len, clip_stride, clip_fps)
     sampling = _sampling(record, clips, fps, every, num_frames, default_fps=None)
-    spec = _decode_spec(record, sampling, clips, oversample, batch_size)
+    spec = _decode_spec(record, sampling, clips, oversample, batch_size, resize_backend)
     coll = layout.resolve_collection(collection, rootpath)
     if shots or keyframe:
         if not shots or clips is not None:
@@ -1042,7 +1060,8 @@ class CsvRow:
 
     Attributes:
         line: Line number in the CSV (1 is the header).
-        video: The video file (absolute, or relative to the current directory when the CSV path was).
+        video: The video file: as written when absolute, else joined to the CSV's folder (so relative to the
+            current directory when the CSV's own path was relative).
         output: The .npy file to write.
     """
 
@@ -1206,6 +1225,7 @@ def features_from_csv(
     engine: str = "local",
     ray_address: str | None = None,
     progress: ProgressCallback | None = None,
+    resize_backend: str = "default",
 ) -> CsvFeaturesResult:
     """Computes one ``.npy`` of shape (T, D) per video of a ``video_path,feature_path`` CSV.
 
@@ -1242,6 +1262,7 @@ def features_from_csv(
         engine: ``local`` or ``ray`` (decoding tasks feed model actors on a Ray cluster).
         ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
+        resize_backend: ``default`` or ``pil`` (see :data:`vcf.io.preprocess.RESIZE_BACKENDS`).
 
     Returns:
         A CsvFeaturesResult; ``computed`` and ``reused`` count videos.
@@ -1267,7 +1288,7 @@ def features_from_csv(
     dims = record.layers[record.resolve_layer(layer)]
     clips = clip_settings(record, clip_len, clip_stride, clip_fps)
     sampling = _sampling(record, clips, fps, every, num_frames, default_fps=DEFAULT_CSV_FPS)
-    spec = _decode_spec(record, sampling, clips, oversample, batch_size)
+    spec = _decode_spec(record, sampling, clips, oversample, batch_size, resize_backend)
     shard_spec = parse_scale_out(shard, engine, ray_address)
     csv_path = Path(csv).expanduser()
     rows, failures = read_feature_csv(csv_path)
@@ -1283,7 +1304,17 @@ def features_from_csv(
     todo = [row for index, row in enumerate(rows) if wanted(index)]
     if todo:  # the model is loaded only when there is work, and before any progress is shown
         torch_device, chosen_precision = resolve_run_device(engine, device, precision, ray_address)
-        record, extractor, _ = _resolve_model(record.name, layers, weights)
+        record, extractor, weights_info = _resolve_model(record.name, layers, weights)
+        # What the .npy files are computed with, beside them, written first so that a killed run leaves it too.
+        weights_used = {"source": weights_info.source, "sha256": weights_info.sha256}
+        settings = {"model": record.name, "layer": layer, "weights": weights_used}
+        extra = {"precision": chosen_precision, "dtype": dtype, "l2_normalize": l2_normalize, "csv": csv_path.name}
+        sampled = {"sampling": sampling.as_dict(), "clips": clips.as_dict() if clips is not None else None}
+        manifest = {**settings, "preprocessing": _preprocessing(record, spec), **extra, **sampled}
+        name = csv_failures_path(csv_path, shard_spec).name.replace(".failures.txt", ".manifest.json")
+        write_manifests_beside([row.output for row in rows], name, manifest)
+        for folder in {row.output.parent for row in todo}:  # .npy files a killed run left half written
+            clean_stale_temps(folder)
     reporter = Reporter(progress)
     reporter.total("videos", result.videos)
     reporter.advance("videos", len(rows) - len(todo) + len(failures))
