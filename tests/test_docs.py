@@ -15,13 +15,15 @@ OPTION = r"--[a-z][a-z0-9-]*[a-z0-9]"
 # README section (by the start of its heading) -> the commands whose options it describes.
 SECTIONS = {
     "## `vcf frames": ("frames",),
+    "## `vcf shots": ("shots", "frames", "features"),
     "## `vcf features": ("features",),
     "## `vcf pool`, `vcf concat`, `vcf to-h5`": ("pool", "concat", "to-h5"),
     "## Features straight from videos": ("features",),
     "## Many machines": ("frames", "features", "merge"),
+    "## Search your videos": ("search", "index"),
     "## `vcf check": ("check",),
 }
-DOCUMENTED = ("frames", "features", "pool", "concat", "to-h5", "merge", "check")
+DOCUMENTED = ("frames", "shots", "features", "pool", "concat", "to-h5", "merge", "search", "index", "check")
 # Options of other programs the README shows (ruff, sbatch, pip).
 FOREIGN = {"--check", "--array", "--wrap", "--parsable", "--dependency"}
 

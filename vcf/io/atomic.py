@@ -232,6 +232,10 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+MANIFEST_HEADER = ("vcf_version", "versions")
+"""The fields :func:`manifest_text` adds to every manifest: they describe the software, not the settings."""
+
+
 def manifest_text(manifest: dict[str, Any]) -> str:
     """Stable JSON text of a manifest, with vcf's version and the library versions: same settings, same bytes."""
     from vcf import __version__

@@ -18,6 +18,7 @@ import numpy as np
 from vcf.errors import CollectionError, OutputExistsError, VcfError
 from vcf.io import collection as layout
 from vcf.io.atomic import (
+    MANIFEST_HEADER,
     MANIFEST_NAME,
     OutputLock,
     atomic_write_text,
@@ -401,7 +402,7 @@ def _prepare_output(coll: Collection, manifest: dict[str, Any], overwrite: bool)
     directory.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(directory)
     existing = read_manifest(directory)
-    comparable = {k: v for k, v in (existing or {}).items() if k != "vcf_version"}
+    comparable = {k: v for k, v in (existing or {}).items() if k not in MANIFEST_HEADER}
     same = existing is not None and comparable == manifest
     if existing is not None and not same and not overwrite:
         raise OutputExistsError(
