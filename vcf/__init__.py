@@ -15,6 +15,7 @@ _API = {
     "to_h5": "vcf.stages.h5",
     "check": "vcf.stages.check",
     "merge": "vcf.run.shards",
+    "report": "vcf.stages.report",
 }
 
 __all__ = ["__version__", *_API]

@@ -1,0 +1,253 @@
+"""Report thumbnails: small webp/jpeg files made once from frame files, or decoded from the video."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from vcf.errors import VcfError
+from vcf.io.atomic import TMP_MARK, atomic_write_text
+from vcf.io.video import VideoError, decode_selected
+from vcf.sampling import Sampling
+from vcf.stages.report_data import Frame
+
+THUMB_DIR = "thumbs"
+# Written last in the thumbnail folder of a video decoded for the report: the frames it holds.
+DECODED_RECORD = ".decoded.json"
+
+# Format name: (file suffix, OpenCV quality flag).
+THUMB_FORMATS = {"webp": (".webp", cv2.IMWRITE_WEBP_QUALITY), "jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY)}
+
+
+@dataclass(frozen=True)
+class ThumbSettings:
+    """How thumbnails look: height in pixels (never enlarged), format and quality."""
+
+    height: int = 64
+    format: str = "webp"
+    quality: int = 60
+
+    def __post_init__(self) -> None:
+        if self.format not in THUMB_FORMATS:
+            raise VcfError(f"unknown thumbnail format {self.format!r}; choose one of {', '.join(THUMB_FORMATS)}")
+        if self.height < 8:
+            raise VcfError("thumbnail height must be at least 8 pixels")
+
+    @property
+    def suffix(self) -> str:
+        return THUMB_FORMATS[self.format][0]
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """One thumbnail of a film strip.
+
+    Attributes:
+        index: Frame number in the video.
+        frame_id: Id of the frame.
+        file: The thumbnail, relative to the report directory.
+        source: The frame file, or the video file for decoded frames.
+        width: Thumbnail width in pixels.
+        height: Thumbnail height in pixels.
+        decoded: True when the frame was decoded from the video (there is no frame file).
+    """
+
+    index: int
+    frame_id: str
+    file: str
+    source: Path
+    width: int
+    height: int
+    decoded: bool = False
+
+
+@dataclass(frozen=True)
+class StripJob:
+    """The thumbnails one film strip needs: from frame files, or else decoded from the video file."""
+
+    unit: str
+    frames: tuple[Frame, ...]
+    video: Path | None
+    count: int
+
+
+@dataclass
+class StripResult:
+    """The thumbnails of one strip and how many were made now (not reused)."""
+
+    unit: str
+    thumbs: list[Thumb]
+    made: int = 0
+    error: str | None = None
+
+
+def pick_evenly(items: Sequence[Frame], count: int) -> list[Frame]:
+    """At most ``count`` items spread evenly from first to last."""
+    if len(items) <= count:
+        return list(items)
+    picks = np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))
+    return [items[i] for i in picks]
+
+
+def thumb_file(unit: str, frame_id: str, settings: ThumbSettings) -> str:
+    """The relative path of a thumbnail inside the report directory."""
+    return f"{THUMB_DIR}/{unit}/{frame_id}{settings.suffix}"
+
+
+def _fresh(target: Path, source: Path) -> bool:
+    """True when ``target`` exists, is not empty and is not older than ``source``."""
+    try:
+        stat = target.stat()
+        return stat.st_size > 0 and stat.st_mtime >= source.stat().st_mtime
+    except OSError:
+        return False
+
+
+def _shrink(image: np.ndarray, height: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if h <= height:
+        return image
+    return cv2.resize(image, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
+
+
+def _write(image: np.ndarray, target: Path, settings: ThumbSettings) -> None:
+    ok, data = cv2.imencode(settings.suffix, image, [THUMB_FORMATS[settings.format][1], settings.quality])
+    if not ok:
+        raise VcfError(f"cannot encode thumbnail {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Temporary name, then rename: a thumbnail is whole or absent. No fsync: thumbnails are a cache that a
+    # rerun checks (non-empty, newer than the source) and redoes, and an fsync per small file would dominate.
+    tmp = target.with_name(f".{target.name}{TMP_MARK}-{os.getpid()}")
+    try:
+        tmp.write_bytes(data.tobytes())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _reduction(path: Path, height: int) -> int:
+    """The JPEG decoding reduction (1, 2, 4 or 8) that still gives at least ``height`` rows."""
+    try:
+        with Image.open(path) as image:
+            source_height = image.size[1]
+    except OSError:
+        return 1
+    factor = 1
+    while factor < 8 and source_height // (factor * 2) >= height:
+        factor *= 2
+    return factor
+
+
+REDUCED_READ = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def _size_of(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def strip_from_files(job: StripJob, out_dir: Path, settings: ThumbSettings) -> StripResult:
+    """Thumbnails of frame files; a thumbnail newer than its frame is kept as it is."""
+    result = StripResult(job.unit, [])
+    reduction: int | None = None
+    for frame in pick_evenly(job.frames, job.count):
+        relative = thumb_file(job.unit, frame.frame_id, settings)
+        target = out_dir / relative
+        if not _fresh(target, frame.path):
+            if reduction is None:  # frames of one video share a size: probe the first only
+                reduction = _reduction(frame.path, settings.height)
+            image = cv2.imread(str(frame.path), REDUCED_READ[reduction])
+            if image is None:
+                result.error = f"cannot read {frame.path}"
+                continue
+            image = _shrink(image, settings.height)
+            _write(image, target, settings)
+            result.made += 1
+            width, height = image.shape[1], image.shape[0]
+        else:
+            width, height = _size_of(target)
+        result.thumbs.append(Thumb(frame.index, frame.frame_id, relative, frame.path, width, height))
+    return result
+
+
+def strip_from_video(job: StripJob, out_dir: Path, settings: ThumbSettings) -> StripResult:
+    """Thumbnails of ``job.count`` frames spread over the video, decoded once and recorded."""
+    assert job.video is not None
+    result = StripResult(job.unit, [])
+    record = out_dir / THUMB_DIR / job.unit / DECODED_RECORD
+    wanted = {"count": job.count, "height": settings.height, "format": settings.format}
+    if _fresh(record, job.video):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads(record.read_text(encoding="utf-8"))
+            if saved["settings"] == wanted:
+                result.thumbs = [
+                    Thumb(int(t[0]), t[1], t[2], job.video, int(t[3]), int(t[4]), decoded=True) for t in saved["thumbs"]
+                ]
+                return result
+    try:
+        _, frames = decode_selected(job.video, Sampling(num_frames=job.count), threads=1)
+        for index, image in frames:
+            frame_id = f"{job.unit}_{index}"
+            relative = thumb_file(job.unit, frame_id, settings)
+            image = _shrink(image, settings.height)
+            _write(image, out_dir / relative, settings)
+            result.made += 1
+            result.thumbs.append(Thumb(index, frame_id, relative, job.video, image.shape[1], image.shape[0], True))
+    except VideoError as exc:
+        result.error = str(exc)
+        return result
+    rows = [[t.index, t.frame_id, t.file, t.width, t.height] for t in result.thumbs]
+    atomic_write_text(record, json.dumps({"settings": wanted, "thumbs": rows}))
+    return result
+
+
+def make_strips(
+    jobs: Iterable[StripJob],
+    out_dir: Path,
+    settings: ThumbSettings,
+    workers: int = 0,
+    done: Callable[[StripResult], None] | None = None,
+) -> dict[str, StripResult]:
+    """Makes (or reuses) the thumbnails of every strip, several strips at a time.
+
+    Args:
+        jobs: One job per film strip.
+        out_dir: The report directory.
+        settings: Thumbnail size and format.
+        workers: Threads (OpenCV decodes and encodes without holding the GIL); 0 means one per core.
+        done: Called with each finished strip (progress).
+
+    Returns:
+        The strips by unit id. A strip with neither frame files nor a video has no thumbnails.
+    """
+
+    def run(job: StripJob) -> StripResult:
+        if job.frames:
+            return strip_from_files(job, out_dir, settings)
+        if job.video is not None:
+            return strip_from_video(job, out_dir, settings)
+        return StripResult(job.unit, [], error="no frames and no video file")
+
+    results: dict[str, StripResult] = {}
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for strip in pool.map(run, jobs):
+            results[strip.unit] = strip
+            if done is not None:
+                done(strip)
+    return results
