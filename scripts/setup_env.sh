@@ -9,4 +9,9 @@ VENV=${VCF_VENV:-.venv}
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q "torch==${VCF_TORCH:-2.14.1}" "torchvision==${VCF_TORCHVISION:-0.29.1}"
 "$VENV/bin/python" -m pip install -q -e ".[test,ray]"
+# Headless Chromium opens the HTML report in the tests; installed from the distribution when missing and possible.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+        >/dev/null 2>&1 || echo "note: could not install chromium; the browser tests of vcf report will be skipped" >&2
+fi
 echo "vcf installed in $VENV ($("$VENV/bin/vcf" --version))"

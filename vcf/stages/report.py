@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+from markupsafe import Markup, escape
 
 from vcf.errors import CollectionError
 from vcf.io.atomic import atomic_write_text, manifest_text, remove_path
@@ -79,6 +80,19 @@ def url(path: str) -> str:
     return quote(path, safe="/")
 
 
+NO_THUMB = Markup('<span class="nothumb">no frame</span>')
+
+
+def img_tag(thumb: Thumb | None) -> Markup:
+    """The ``<img>`` of a thumbnail (built here, not in a template macro: pages hold tens of thousands)."""
+    if thumb is None:
+        return NO_THUMB
+    return Markup(
+        f'<img class="thumb" loading="lazy" src="{escape(url(thumb.file))}" width="{thumb.width}"'
+        f' height="{thumb.height}" alt="{escape(thumb.frame_id)}">'
+    )
+
+
 def link_to(target: Path, out_dir: Path) -> str:
     """A relative URL from the report directory to a file of the collection."""
     return url(os.path.relpath(target, out_dir))
@@ -122,7 +136,7 @@ def _strip_view(unit: str, strip: StripResult, overview: Overview, shots: list[S
         label = thumb.frame_id if shot is None else f"{thumb.frame_id} in {shots[shot].shot_id}"
         thumbs.append(
             {
-                "thumb": thumb,
+                "img": img_tag(thumb),
                 "href": href,
                 "label": label,
                 "shot": shot,
@@ -249,6 +263,7 @@ def report(
     result.thumbnails_made = sum(s.made for s in strips.values())
     result.strip_errors = {unit: s.error for unit, s in strips.items() if s.error}
     cover: dict[str, Thumb] = {unit: s.thumbs[len(s.thumbs) // 2] for unit, s in strips.items() if s.thumbs}
+    cover_img = {unit: img_tag(thumb) for unit, thumb in cover.items()}
 
     page_of = {unit: i // page_size + 1 for i, unit in enumerate(overview.units)}
     video_pages = max(1, -(-len(overview.units) // page_size))
@@ -303,13 +318,13 @@ def report(
                 rows.append(
                     {
                         "unit": unit,
-                        "thumb": cover.get(unit),
+                        "img": cover_img.get(unit, NO_THUMB),
                         "strip": _strip_link(unit, page_of),
                         "neighbours": [
                             {
                                 "unit": unit_ids[j],
                                 "score": float(score),
-                                "thumb": cover.get(unit_ids[j]),
+                                "img": cover_img.get(unit_ids[j], NO_THUMB),
                                 "strip": _strip_link(unit_ids[j], page_of),
                             }
                             for j, score in zip(found[row], scores[row], strict=True)
