@@ -54,7 +54,7 @@ class Loaded:
 
 
 STATE_JS = """(() => {
-  const images = [...document.querySelectorAll('img.thumb')];
+  const images = [...document.querySelectorAll('main img')];
   const root = document.documentElement;
   const attrs = {};
   for (const a of root.attributes) attrs[a.name] = a.value;

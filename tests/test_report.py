@@ -95,7 +95,7 @@ def test_every_page_renders_in_chromium(collection: tuple[Path, dict], built: ob
         assert loaded.errors == [], f"{page.name}: console errors: {loaded.errors}"
         assert state["data-errors"] == "", f"{page.name}: script errors: {state['data-errors']}"
         assert state["natural-zero"] == "0" and state["pending"] == "0", f"{page.name}: {state}"
-        images = dom.find("img", class_="thumb")
+        images = dom.find("img", loading="lazy")
         assert state["data-images-total"] == str(len(images)), page.name
         assert state["data-images-loaded"] == str(len(images)), f"{page.name}: not every thumbnail loaded: {state}"
         assert state["data-images-broken"] == "0", page.name
@@ -149,7 +149,7 @@ def test_shot_boundaries_are_marked(built: object) -> None:
                 video = attrs["data-id"]
             if tag == "a" and "frame" in attrs.get("class", "").split():
                 marked.setdefault(video, []).append([0, "cut" in attrs["class"].split(), attrs["href"]])
-            if tag == "img" and "thumb" in attrs.get("class", "").split() and video in marked:
+            if tag == "img" and attrs.get("loading") == "lazy" and video in marked:
                 marked[video][-1][0] = int(attrs["alt"].rsplit("_", 1)[1])
     for video, thumbs in marked.items():
         shots = [(a, b) for _, v, a, b in SHOTS if v == video]

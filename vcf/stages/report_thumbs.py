@@ -65,8 +65,6 @@ class Thumb:
         frame_id: Id of the frame.
         file: The thumbnail, relative to the report directory.
         source: The frame file, or the video file for decoded frames.
-        width: Thumbnail width in pixels.
-        height: Thumbnail height in pixels.
         decoded: True when the frame was decoded from the video (there is no frame file).
     """
 
@@ -74,8 +72,6 @@ class Thumb:
     frame_id: str
     file: str
     source: Path
-    width: int
-    height: int
     decoded: bool = False
 
 
@@ -148,13 +144,8 @@ def _write(image: np.ndarray, target: Path, settings: ThumbSettings) -> None:
         raise
 
 
-def _reduction(path: Path, height: int) -> int:
+def _reduction(source_height: int, height: int) -> int:
     """The JPEG decoding reduction (1, 2, 4 or 8) that still gives at least ``height`` rows."""
-    try:
-        with Image.open(path) as image:
-            source_height = image.size[1]
-    except OSError:
-        return 1
     factor = 1
     while factor < 8 and source_height // (factor * 2) >= height:
         factor *= 2
@@ -169,33 +160,23 @@ REDUCED_READ = {
 }
 
 
-def _size_of(path: Path, settings: ThumbSettings) -> tuple[int, int]:
-    # Naming the format spares Pillow from trying every other one first.
-    with Image.open(path, formats=[THUMB_FORMATS[settings.format][1]]) as image:
-        return image.size
-
-
 def strip_from_files(job: StripJob, out_dir: Path, settings: ThumbSettings) -> StripResult:
     """Thumbnails of frame files; a thumbnail newer than its frame is kept as it is."""
     result = StripResult(job.unit, [])
-    reduction: int | None = None
+    reduction = 1  # the frames of a video share a size: the first decoded tells how much later ones can skip
     for frame in pick_evenly(job.frames, job.count):
         relative = thumb_file(job.unit, frame.frame_id, settings)
         target = out_dir / relative
         if not _fresh(target, frame.path):
-            if reduction is None:  # frames of one video share a size: probe the first only
-                reduction = _reduction(frame.path, settings.height)
             image = cv2.imread(str(frame.path), REDUCED_READ[reduction])
             if image is None:
                 result.error = f"cannot read {frame.path}"
                 continue
-            image = _shrink(image, settings.height)
-            _write(image, target, settings)
+            if reduction == 1:
+                reduction = _reduction(image.shape[0], settings.height)
+            _write(_shrink(image, settings.height), target, settings)
             result.made += 1
-            width, height = image.shape[1], image.shape[0]
-        else:
-            width, height = _size_of(target, settings)
-        result.thumbs.append(Thumb(frame.index, frame.frame_id, relative, frame.path, width, height))
+        result.thumbs.append(Thumb(frame.index, frame.frame_id, relative, frame.path))
     return result
 
 
@@ -209,23 +190,20 @@ def strip_from_video(job: StripJob, out_dir: Path, settings: ThumbSettings) -> S
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads(record.read_text(encoding="utf-8"))
             if saved["settings"] == wanted:
-                result.thumbs = [
-                    Thumb(int(t[0]), t[1], t[2], job.video, int(t[3]), int(t[4]), decoded=True) for t in saved["thumbs"]
-                ]
+                result.thumbs = [Thumb(int(t[0]), t[1], t[2], job.video, decoded=True) for t in saved["thumbs"]]
                 return result
     try:
         _, frames = decode_selected(job.video, Sampling(num_frames=job.count), threads=1)
         for index, image in frames:
             frame_id = f"{job.unit}_{index}"
             relative = thumb_file(job.unit, frame_id, settings)
-            image = _shrink(image, settings.height)
-            _write(image, out_dir / relative, settings)
+            _write(_shrink(image, settings.height), out_dir / relative, settings)
             result.made += 1
-            result.thumbs.append(Thumb(index, frame_id, relative, job.video, image.shape[1], image.shape[0], True))
+            result.thumbs.append(Thumb(index, frame_id, relative, job.video, decoded=True))
     except VideoError as exc:
         result.error = str(exc)
         return result
-    rows = [[t.index, t.frame_id, t.file, t.width, t.height] for t in result.thumbs]
+    rows = [[t.index, t.frame_id, t.file] for t in result.thumbs]
     atomic_write_text(record, json.dumps({"settings": wanted, "thumbs": rows}))
     return result
 

@@ -15,7 +15,7 @@
     return consoleError.apply(console, arguments);
   };
   function countImages() {
-    var images = document.querySelectorAll("img.thumb");
+    var images = document.querySelectorAll("main img");
     var loaded = 0, broken = 0;
     for (var i = 0; i < images.length; i++) {
       if (!images[i].complete) continue;
