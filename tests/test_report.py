@@ -281,3 +281,34 @@ def test_cli(collection: tuple[Path, dict], tmp_path: Path) -> None:
     assert missing.exit_code == 1
     assert "feature 'nosuchfeature' not found" in missing.output
     assert not (tmp_path / "x").exists()
+
+
+def test_neighbour_rows_match_numpy(collection: tuple[Path, dict], built: object) -> None:
+    root, _ = collection
+    feature = "test_tiny2d,avgpool"
+    number = list(built.features).index(feature) + 1  # type: ignore[attr-defined]
+    bigfile = BigFile(Collection(root).feature_dir(feature))
+    videos = video_ids(root)
+    means = np.stack(
+        [bigfile.read_array([i for i in bigfile.names if i.rsplit("_", 1)[0] == v]).mean(0) for v in videos]
+    )
+    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    shown = {}
+    for page in pages_named(built, f"feature-{number}-nn-"):
+        dom = Elements(page.read_text())
+        row_video = None
+        for tag, attrs, text in dom.elements:
+            if tag == "div" and "nn-row" in attrs.get("class", ""):
+                row_video = attrs["data-id"]
+                shown[row_video] = []
+            elif tag == "i" and row_video is not None:  # captions: the video, then "<neighbour> <score>"
+                words = "".join(text).split()
+                if words != [row_video]:
+                    shown[row_video].append((words[0], float(words[1])))
+    assert sorted(shown) == sorted(videos)
+    for row, video in enumerate(videos):
+        order = np.argsort(-similarity[row], kind="stable")[: len(videos) - 1][:3]
+        assert [name for name, _ in shown[video]] == [videos[j] for j in order]
+        assert np.allclose([score for _, score in shown[video]], similarity[row, order], atol=2e-3)
