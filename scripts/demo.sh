@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv, then runs the whole pipeline on toydata, offline:
-# frames -> features (two models) -> pool -> concat -> HDF5.
+# frames -> features (two models) -> pool -> concat -> HDF5, then the HTML report.
 # efficientnet_lite0 uses real ImageNet weights shipped in a pip package; the second model defaults
 # to test_tiny2d, a small built-in network, because no other weights can be fetched offline. With
 # network access (or weights in $TORCH_HOME), set VCF_DEMO_SECOND_MODEL, e.g. resnet50.
@@ -41,3 +41,6 @@ for h5 in sorted((root / "H5Data").glob("*.h5")):
         shapes = {k: f[k].shape for k in list(f)[:3]}
     print(f"  H5Data/{h5.name}: {shapes}")
 PY
+
+vcf report toydata --quiet
+echo "Report: open toydata/Report/index.html in a browser"
