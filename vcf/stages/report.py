@@ -274,10 +274,13 @@ def report(
     nav += [(name, feature_page(k)) for k, name in enumerate(names, start=1)]
     pages = _Pages(out_dir, f"{coll.name}", nav)
     shots_by_video = overview.shots_by_video()
+    shot_by_id = {shot.shot_id: shot for shot in overview.shots}  # strips of shots (frames written per shot)
 
     for page in range(1, video_pages + 1):
         units = overview.units[(page - 1) * page_size : page * page_size]
         views = [_strip_view(u, strips[u], overview, shots_by_video.get(u, []), out_dir) for u in units]
+        for view in views:
+            view["shot"] = shot_by_id.get(view["unit"])
         pages.write(videos_page(page), "videos.html.j2", strips=views, pager=_pager(video_pages, page, videos_page))
 
     feature_summaries = []
