@@ -312,3 +312,27 @@ def test_neighbour_rows_match_numpy(collection: tuple[Path, dict], built: object
         order = np.argsort(-similarity[row], kind="stable")[: len(videos) - 1][:3]
         assert [name for name, _ in shown[video]] == [videos[j] for j in order]
         assert np.allclose([score for _, score in shown[video]], similarity[row, order], atol=2e-3)
+
+
+def test_strips_of_shots(collection: tuple[Path, dict], tmp_path: Path) -> None:
+    """Frames written per shot (``ImageData/<shot_id>/<shot_id>_<n>.jpg``) give one strip per shot."""
+    source = Collection(collection[0])
+    coll = Collection(tmp_path / "shots")
+    lines, expected = [], {}
+    for shot_id, video, first, last in SHOTS[:3]:
+        frames = sorted(int(p.stem.rsplit("_", 1)[1]) for p in source.frame_dir(video).glob("*.jpg"))
+        expected[shot_id] = [n for n in frames if first <= n <= last]
+        for n in expected[shot_id]:
+            target = coll.frame_path(shot_id, n)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source.frame_path(video, n), target)
+            lines.append(f"{coll.frame_id(shot_id, n)} {target}\n")
+    coll.imagepath_file.write_text("".join(lines))
+    coll.shots_file.write_text("".join(f"{s} {v} {a} {b}\n" for s, v, a, b in SHOTS[:3]))
+    result = vcf.report(coll.root, strip_frames=100)
+    dom = Elements((coll.report_dir / "videos-001.html").read_text())
+    strips = dom.find("section", class_="strip")
+    assert [attrs["data-id"] for attrs, _ in strips] == list(expected)
+    for (_, text), (_, video, first, last) in zip(strips, SHOTS[:3], strict=True):
+        assert f"shot of {video}, frames {first} to {last}" in " ".join(text.split())
+    assert result.thumbnails == sum(len(v) for v in expected.values())
