@@ -16,7 +16,7 @@ from markupsafe import Markup, escape
 
 from vcf.errors import CollectionError
 from vcf.io.atomic import atomic_write_text, manifest_text, remove_path
-from vcf.io.bigfile import open_feature
+from vcf.io.bigfile import BigFile, open_feature
 from vcf.io.collection import resolve_collection
 from vcf.progress import ProgressCallback, Reporter
 from vcf.stages.report_data import (
@@ -234,7 +234,7 @@ def report(
         strip_frames: At most this many thumbnails per film strip, spread over the video.
         thumb_height: Thumbnail height in pixels.
         thumb_format: ``webp`` or ``jpeg``.
-        workers: Threads making thumbnails (0: one per core).
+        workers: Processes making thumbnails (0: one per core).
         progress: Receives progress events (``thumbnails``, ``features``).
 
     Returns:
@@ -266,7 +266,6 @@ def report(
     result.thumbnails_made = sum(s.made for s in strips.values())
     result.strip_errors = {unit: s.error for unit, s in strips.items() if s.error}
     cover: dict[str, Thumb] = {unit: s.thumbs[len(s.thumbs) // 2] for unit, s in strips.items() if s.thumbs}
-    cover_img = {unit: img_tag(thumb, alt=False) for unit, thumb in cover.items()}
 
     page_of = {unit: i // page_size + 1 for i, unit in enumerate(overview.units)}
     video_pages = max(1, -(-len(overview.units) // page_size))
@@ -286,59 +285,9 @@ def report(
     feature_summaries = []
     reporter.total("features", len(bigfiles))
     for k, bigfile in enumerate(bigfiles, start=1):
-        health = feature_health(bigfile)
-        result.features[bigfile.datadir.name] = health
-        unit_ids, vectors = pool_by_unit(bigfile, overview.units)
-        coords = pca_2d(vectors) if len(unit_ids) else np.zeros((0, 2))
-        found, scores = nearest_neighbours(vectors, neighbours) if len(unit_ids) else (np.zeros((0, 0)), None)
-        nn_pages = max(1, -(-len(unit_ids) // page_size))
-        points = [
-            {"x": x, "y": y, "unit": u, "thumb": cover.get(u)}
-            for (x, y), u in zip(_map_svg_points(coords) if len(unit_ids) else [], unit_ids, strict=True)
-        ]
-        summary = {
-            "number": k,
-            "name": bigfile.datadir.name,
-            "shape": bigfile.shape(),
-            "units": len(unit_ids),
-            "health": health,
-            "manifest": bigfile.manifest,
-            "manifest_summary": _manifest_summary(bigfile.manifest),
-            "nn_pages": [(p, neighbours_page(k, p)) for p in range(1, nn_pages + 1)],
-        }
+        summary = _feature_pages(pages, k, bigfile, overview.units, cover, page_of, page_size, neighbours)
+        result.features[bigfile.datadir.name] = summary["health"]
         feature_summaries.append(summary)
-        pages.write(
-            feature_page(k),
-            "feature.html.j2",
-            feature=summary,
-            ids_shown=IDS_SHOWN,
-            points=points,
-            map_size=MAP_SIZE,
-            bars=_histogram_bars(health),
-            histogram_size=HISTOGRAM_SIZE,
-        )
-        for page in range(1, nn_pages + 1):
-            rows = []
-            for row in range((page - 1) * page_size, min(page * page_size, len(unit_ids))):
-                unit = unit_ids[row]
-                rows.append(
-                    {
-                        "unit": unit,
-                        "img": cover_img.get(unit, NO_THUMB),
-                        "strip": _strip_link(unit, page_of),
-                        "neighbours": [
-                            {
-                                "unit": unit_ids[j],
-                                "score": float(score),
-                                "img": cover_img.get(unit_ids[j], NO_THUMB),
-                                "strip": _strip_link(unit_ids[j], page_of),
-                            }
-                            for j, score in zip(found[row], scores[row], strict=True)
-                        ],
-                    }
-                )
-            pager = _pager(nn_pages, page, lambda p, k=k: neighbours_page(k, p))
-            pages.write(neighbours_page(k, page), "neighbours.html.j2", feature=summary, rows=rows, pager=pager)
         reporter.advance("features", description=bigfile.datadir.name)
 
     pages.write(
@@ -367,6 +316,63 @@ def report(
     atomic_write_text(out_dir / REPORT_MANIFEST, manifest_text({"report": record}))
     result.pages = pages.written
     return result
+
+
+def _feature_pages(
+    pages: _Pages,
+    number: int,
+    bigfile: BigFile,
+    units: list[str],
+    cover: dict[str, Thumb],
+    page_of: dict[str, int],
+    page_size: int,
+    neighbours: int,
+) -> dict[str, Any]:
+    """Writes the page of one feature and its pages of neighbours; returns what the overview shows of it."""
+    health = feature_health(bigfile)
+    unit_ids, vectors = pool_by_unit(bigfile, units)
+    coords = pca_2d(vectors) if unit_ids else np.zeros((0, 2))
+    found, scores = nearest_neighbours(vectors, neighbours) if unit_ids else (np.zeros((0, 0), np.int64), None)
+    nn_pages = max(1, -(-len(unit_ids) // page_size))
+    points = [
+        {"x": x, "y": y, "unit": u, "thumb": cover.get(u)}
+        for (x, y), u in zip(_map_svg_points(coords) if unit_ids else [], unit_ids, strict=True)
+    ]
+    summary = {
+        "number": number,
+        "name": bigfile.datadir.name,
+        "shape": bigfile.shape(),
+        "units": len(unit_ids),
+        "health": health,
+        "manifest": bigfile.manifest,
+        "manifest_summary": _manifest_summary(bigfile.manifest),
+        "nn_pages": [(p, neighbours_page(number, p)) for p in range(1, nn_pages + 1)],
+    }
+    pages.write(
+        feature_page(number),
+        "feature.html.j2",
+        feature=summary,
+        ids_shown=IDS_SHOWN,
+        points=points,
+        map_size=MAP_SIZE,
+        bars=_histogram_bars(health),
+        histogram_size=HISTOGRAM_SIZE,
+    )
+    # Each video's cover <img> appears in its own row and in up to `neighbours` others: build it once.
+    cover_img = {unit: img_tag(cover[unit], alt=False) for unit in unit_ids if unit in cover}
+
+    def item(j: int, score: float | None = None) -> dict[str, Any]:
+        unit = unit_ids[j]
+        return {"unit": unit, "score": score, "img": cover_img.get(unit, NO_THUMB), "strip": _strip_link(unit, page_of)}
+
+    for page in range(1, nn_pages + 1):
+        rows = [
+            {**item(row), "neighbours": [item(j, float(v)) for j, v in zip(found[row], scores[row], strict=True)]}
+            for row in range((page - 1) * page_size, min(page * page_size, len(unit_ids)))
+        ]
+        pager = _pager(nn_pages, page, lambda p: neighbours_page(number, p))
+        pages.write(neighbours_page(number, page), "neighbours.html.j2", feature=summary, rows=rows, pager=pager)
+    return summary
 
 
 def _strip_link(unit: str, page_of: dict[str, int]) -> str | None:

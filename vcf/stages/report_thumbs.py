@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from vcf.errors import VcfError
-from vcf.io.atomic import TMP_MARK, atomic_write_text
+from vcf.io.atomic import TMP_MARK, atomic_write_text, writing
 from vcf.io.video import VideoError, decode_selected
 from vcf.sampling import Sampling
 from vcf.stages.report_data import Frame
@@ -131,17 +131,19 @@ def _write(image: np.ndarray, target: Path, settings: ThumbSettings) -> None:
         buffer, pillow_format, quality=settings.quality, **options
     )
     data = buffer.getbuffer()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
     # Temporary name, then rename: a thumbnail is whole or absent. No fsync: thumbnails are a cache that a
     # rerun checks (non-empty, newer than the source) and redoes, and an fsync per small file would dominate.
     tmp = target.with_name(f".{target.name}{TMP_MARK}-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with writing(target):
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
 
 def _reduction(source_height: int, height: int) -> int:
