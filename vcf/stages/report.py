@@ -159,7 +159,7 @@ def _strip_view(unit: str, strip: StripResult, overview: Overview, shots: list[S
 
 def _map_svg_points(coords: np.ndarray) -> list[tuple[float, float]]:
     width, height = MAP_SIZE
-    margin = 8
+    margin = 20  # room for the labels of small maps
     low, high = coords.min(axis=0), coords.max(axis=0)
     span = np.where(high - low > 0, high - low, 1)
     scaled = (coords - low) / span
