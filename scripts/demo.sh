@@ -42,5 +42,4 @@ for h5 in sorted((root / "H5Data").glob("*.h5")):
     print(f"  H5Data/{h5.name}: {shapes}")
 PY
 
-vcf report toydata --quiet
-echo "Report: open toydata/Report/index.html in a browser"
+vcf report toydata --quiet     # prints the page to open in a browser
