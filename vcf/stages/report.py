@@ -14,7 +14,7 @@ from urllib.parse import quote
 import numpy as np
 from markupsafe import Markup, escape
 
-from vcf.errors import CollectionError
+from vcf.errors import VcfError
 from vcf.io.atomic import atomic_write_text, manifest_text, remove_path
 from vcf.io.bigfile import BigFile, open_feature
 from vcf.io.collection import resolve_collection
@@ -241,12 +241,13 @@ def report(
         A ReportResult; ``index`` is the page to open.
 
     Raises:
-        CollectionError: The collection or a feature is missing, or the options are out of range.
+        CollectionError: The collection or a feature is missing.
+        VcfError: An option is out of range.
         FeatureFileError: A feature directory is not a consistent BigFile.
     """
     coll = resolve_collection(collection, rootpath)
     if page_size < 1 or neighbours < 0 or strip_frames < 1:
-        raise CollectionError("page size and strip frames must be at least 1, neighbours at least 0")
+        raise VcfError("--page-size and --strip-frames must be at least 1, --neighbours at least 0")
     settings = ThumbSettings(height=thumb_height, format=thumb_format)
     out_dir = Path(output).expanduser().resolve() if output is not None else coll.report_dir
     names = list(features) if features is not None else coll.list_features()
