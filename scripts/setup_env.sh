@@ -18,4 +18,11 @@ pip_install "torch==$torch_version" "torchvision==$torchvision_version"
 if [ -n "$EXTRAS" ]; then target=".[$EXTRAS]"; else target="."; fi
 echo "Installing vcf${EXTRAS:+ with $EXTRAS} and its dependencies"
 pip_install -e "$target"
+# Headless Chromium opens the HTML report in the tests: installed from the distribution when missing and possible.
+if [[ ",$EXTRAS," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing chromium (Debian package) for the report's browser tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+        >/dev/null 2>&1 || echo "note: could not install chromium; the browser tests of vcf report will be skipped" >&2
+fi
 echo "vcf installed in $VENV ($("$VENV/bin/vcf" --version))"

@@ -18,6 +18,7 @@ _API = {
     "merge": "vcf.run.shards",
     "search": "vcf.stages.search",
     "index": "vcf.stages.search_index",
+    "report": "vcf.stages.report",
 }
 
 __all__ = ["__version__", *_API]

@@ -97,6 +97,20 @@ class Collection:
         """Where a stage lists the items it could not process: ``<stage>.failures.txt``."""
         return self.root / f"{stage}.failures.txt"
 
+    def list_failures_files(self) -> list[Path]:
+        """Every ``*.failures.txt`` of the collection (sorted)."""
+        return sorted(self.root.glob("*.failures.txt"))
+
+    @property
+    def shots_file(self) -> Path:
+        """The shot list: ``<shot_id> <vid> <first frame> <last frame>`` per line."""
+        return self.root / "id.shots.txt"
+
+    @property
+    def report_dir(self) -> Path:
+        """Where ``vcf report`` writes its pages by default."""
+        return self.root / "Report"
+
     # Features ------------------------------------------------------------------------------------
     @property
     def feature_root(self) -> Path:
