@@ -102,11 +102,6 @@ class Collection:
         return sorted(self.root.glob("*.failures.txt"))
 
     @property
-    def shots_file(self) -> Path:
-        """The shot list: ``<shot_id> <vid> <first frame> <last frame>`` per line."""
-        return self.root / "id.shots.txt"
-
-    @property
     def report_dir(self) -> Path:
         """Where ``vcf report`` writes its pages by default."""
         return self.root / "Report"

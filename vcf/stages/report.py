@@ -18,11 +18,11 @@ from vcf.errors import VcfError
 from vcf.io.atomic import atomic_write_text, manifest_text, remove_path
 from vcf.io.bigfile import BigFile, open_feature
 from vcf.io.collection import resolve_collection
+from vcf.io.shotlist import Shot
 from vcf.progress import ProgressCallback, Reporter
 from vcf.stages.report_data import (
     FeatureHealth,
     Overview,
-    Shot,
     feature_health,
     nearest_neighbours,
     pca_2d,

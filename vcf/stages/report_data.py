@@ -15,6 +15,8 @@ from vcf.errors import IndexFormatError
 from vcf.io import collection as layout
 from vcf.io.bigfile import BigFile
 from vcf.io.collection import Collection
+from vcf.io.shotlist import Shot, read_shots_index
+from vcf.stages.search_index import build_exact, normalize_rows
 
 # Lines of one failures file shown in the page; the file itself is linked for the rest.
 FAILURE_LINES_SHOWN = 1000
@@ -28,16 +30,6 @@ class Frame:
     index: int
     frame_id: str
     path: Path
-
-
-@dataclass(frozen=True)
-class Shot:
-    """One line of ``id.shots.txt``: frames ``first..last`` (inclusive) of ``video_id``."""
-
-    shot_id: str
-    video_id: str
-    first: int
-    last: int
 
 
 @dataclass(frozen=True)
@@ -148,19 +140,14 @@ def read_videometa(coll: Collection) -> dict[str, VideoMetaLine]:
 
 
 def read_shots(coll: Collection) -> list[Shot]:
-    """Reads ``id.shots.txt`` (``<shot_id> <vid> <first> <last>``); empty when absent.
+    """The shots of ``id.shots.txt`` in file order; empty when the collection has none.
 
     Raises:
-        IndexFormatError: A line does not have a video id and two frame numbers after the shot id.
+        IndexFormatError: A malformed line, named by file and line.
     """
-    shots = []
-    for number, (shot_id, value) in enumerate(_id_value_pairs(coll.shots_file), start=1):
-        fields = value.split()
-        try:
-            shots.append(Shot(shot_id, fields[0], int(fields[1]), int(fields[2])))
-        except (ValueError, IndexError):
-            raise IndexFormatError(f"{coll.shots_file}:{number}: expected '<shot_id> <vid> <first> <last>'") from None
-    return shots
+    if not coll.shots_file.is_file():
+        return []
+    return [shot for shots in read_shots_index(coll.shots_file).values() for shot in shots]
 
 
 def read_failures(coll: Collection) -> list[FailuresFile]:
@@ -356,18 +343,12 @@ def nearest_neighbours(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     Returns:
         ``(indices, scores)``, each (N, min(k, N - 1)), best first; a row is never its own neighbour.
     """
-    import faiss
-
-    vectors = np.ascontiguousarray(matrix, dtype=np.float32)
+    vectors = np.ascontiguousarray(normalize_rows(matrix))
     n, d = vectors.shape
     k = max(0, min(k, n - 1))
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1)
-    index = faiss.IndexFlatIP(d)
-    index.add(vectors)
-    scores, found = index.search(vectors, k + 1)
+    scores, found = build_exact(d, iter([vectors])).search(vectors, k + 1)  # the search core's exact index
     # Drop each row's own entry; when ties pushed it out of the list, drop the last one instead.
     is_self = found == np.arange(n)[:, None]
     is_self[~is_self.any(axis=1), -1] = True
