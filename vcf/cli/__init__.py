@@ -9,6 +9,9 @@ from vcf.cli import (  # noqa: F401  (registers commands)
     commands_merge,
     commands_models,
     commands_post,
+    commands_report,
+    commands_search,
+    commands_shots,
 )
 from vcf.cli.app import app, main
 

@@ -40,6 +40,7 @@ def features_command(
     compile_model: bool = typer.Option(
         False, "--compile", help="Run the model through torch.compile (compiles first; mostly for GPUs)."
     ),
+    resize_backend: opt.ResizeBackendOption = "default",  # type: ignore[assignment]
     quiet: opt.Quiet = False,
     rootpath: opt.Rootpath = None,
     shard: opt.ShardSpec = None,
@@ -79,13 +80,16 @@ def features_command(
     ),
     dtype: opt.DtypeOption = None,
     video_timeout: opt.VideoTimeout = None,
+    shots: opt.Shots = False,
+    keyframe: opt.Keyframe = False,
 ) -> None:
     """Compute CNN features of the frames in COLLECTION/id.imagepath.txt, or straight from videos.
 
     Writes FeatureData/<model>,<layer>[,os]/ in BigFile format (feature.bin, id.txt, shape.txt)
     plus manifest.json, rows in id.imagepath.txt order. An interrupted run resumes where it
     stopped. Unreadable images are left out, listed in features.failures.txt, and make the exit
-    code 1. `--precision auto` uses bf16 on GPUs and on CPUs with AMX, else fp32.
+    code 1. `--precision auto` uses bf16 on GPUs that support it (fp16 on older GPUs) and on CPUs
+    with AMX, else fp32.
 
     --from-video decodes VideoData/ instead (frames chosen as `vcf frames` would: same ids, same
     order, so pool and concat work unchanged); 3D models (--type 3d) always do, one row per clip
@@ -101,6 +105,7 @@ def features_command(
         vcf features tgif --engine ray --ray-address head-node:6379
         vcf features toydata --from-video --model efficientnet_lite0 --fps 1
         vcf features toydata --from-video --type 3d --clip-len 16 --clip-fps 15
+        vcf features v3c --from-video --shots --keyframe   (after `vcf shots v3c`)
         vcf features --csv input.csv --l2-normalize --dtype float16
         vcf features --csv in.csv -m resnext101_3d_kinetics --weights hara.pth
     """
@@ -138,6 +143,9 @@ def features_command(
         fast_decode=fast_decode,
         decode_on_device=decode_on_device,
         compile_model=compile_model,
+        shots=shots,
+        keyframe=keyframe,
+        resize_backend=resize_backend,
     )
     if csv is not None:
         if not quiet:

@@ -27,6 +27,8 @@ def frames_command(
     shard: opt.ShardSpec = None,
     engine: opt.Engine = opt.EngineName.local,  # type: ignore[attr-defined]
     ray_address: opt.RayAddress = None,
+    shots: opt.Shots = False,
+    keyframe: opt.Keyframe = False,
 ) -> None:
     """Decode every video in COLLECTION/VideoData into sampled JPEG frames.
 
@@ -41,6 +43,7 @@ def frames_command(
         vcf frames ~/VisualSearch/tgif --fps 1 --size 256 --workers 8
         vcf frames tgif --shard 0/4   (... 3/4 on other machines, then: vcf merge tgif)
         vcf frames tgif --engine ray --ray-address head-node:6379
+        vcf frames v3c --shots --keyframe   (after `vcf shots v3c`)
     """
     from vcf.stages.frames import frames
 
@@ -61,6 +64,8 @@ def frames_command(
         shard=shard,
         engine=engine,
         ray_address=ray_address,
+        shots=shots,
+        keyframe=keyframe,
     )
     if not quiet:
         typer.echo(

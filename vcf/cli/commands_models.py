@@ -19,7 +19,8 @@ def models_command(
     Shows each model's layers with their dimensions, its input shape (channels x height x width;
     clip models add frames after channels) and where its weights come from: packaged with a Python
     package, cached in $TORCH_HOME/hub/checkpoints, downloaded on first use, or only from --weights.
-    Any timm model is also available as timm/<name>.
+    Any timm model is also available as timm/<name>, and OpenCLIP/OpenAI CLIP image towers as
+    clip/<arch>:<pretrained tag> (open_clip's names, e.g. clip/ViT-B-32:openai).
 
     \b
     Example:

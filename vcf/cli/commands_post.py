@@ -10,7 +10,7 @@ import typer
 from vcf.cli.app import app, report_failures, run_stage
 from vcf.cli.options import Collection, Quiet, Rootpath
 
-OVERWRITE_HELP = "Replace an existing output made from other input or settings."
+OVERWRITE_HELP = "Recompute and replace the output, even one that is up to date or made with other settings."
 
 
 class PoolMethod(str, Enum):

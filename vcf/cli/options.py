@@ -18,6 +18,8 @@ Device = Enum("Device", {name: name for name in ["auto", "cpu", "cuda", *(f"cuda
 Precision = Enum("Precision", {name: name for name in ("auto", "fp32", "bf16", "fp16")}, type=str)
 EngineName = Enum("EngineName", {name: name for name in ENGINES}, type=str)
 ModelType = Enum("ModelType", {name: name for name in KINDS}, type=str)
+# Resize kernels of vcf.io.preprocess.RESIZE_BACKENDS (spelled here: that module imports torch).
+ResizeBackend = Enum("ResizeBackend", {name: name for name in ("default", "pil")}, type=str)
 Dtype = Enum("Dtype", {name: name for name in ("float32", "float16")}, type=str)
 
 Collection = Annotated[str, typer.Argument(help="Collection directory, or its name under --rootpath.")]
@@ -26,8 +28,18 @@ Rootpath = Annotated[
     typer.Option("--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output made with other settings.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Decoding processes [default: CPU count].")]  # noqa: UP045
+Overwrite = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Recompute and replace outputs, even up-to-date ones or ones made with other settings."),
+]
+Workers = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--workers",
+        help="Decoding processes; 0 decodes in this process [default: one a core with a GPU; on the CPU chosen "
+        "from the first batches' model and decoding times].",
+    ),
+]
 VideoTimeout = Annotated[
     Optional[float],  # noqa: UP045
     typer.Option("--video-timeout", help="Fail a video whose decoder is silent this many seconds."),
@@ -45,7 +57,7 @@ RayAddress = Annotated[
     typer.Option("--ray-address", help="Ray cluster address (host:port) [default: $RAY_ADDRESS or a local Ray]."),
 ]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model runs (cuda:i: GPU i).")]
-PrecisionOption = Annotated[Precision, typer.Option("--precision", help="auto: bf16 on GPUs and AMX CPUs, else fp32.")]
+PrecisionOption = Annotated[Precision, typer.Option("--precision", help="auto: bf16 on GPUs that support it (fp16 on older ones) and AMX CPUs, else fp32.")]
 ModelTypeOption = Annotated[
     Optional[ModelType],  # noqa: UP045
     typer.Option("--type", help="Pick that kind's default model (checks --model's kind).", rich_help_panel=VIDEO),
@@ -54,6 +66,18 @@ DtypeOption = Annotated[
     Optional[Dtype],  # noqa: UP045
     typer.Option("--dtype", help="--csv: the .npy files' type [default: float32].", rich_help_panel=VIDEO),
 ]
+
+ResizeBackendOption = Annotated[
+    ResizeBackend,
+    typer.Option(
+        "--resize-backend",
+        help="default (fast uint8 bilinear kernel) or pil (the reference pipeline's PIL resize, exactly).",
+    ),
+]
+Shots = Annotated[
+    bool, typer.Option("--shots", help="Sample inside each shot of id.shots.txt (run `vcf shots` first); ids <shot_id>_<n>.")
+]
+Keyframe = Annotated[bool, typer.Option("--keyframe", help="With --shots: the middle frame of each shot only.")]
 
 
 def shard_note(shard: str | None, collection: str) -> None:

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,11 +232,69 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         return None
 
 
+# The libraries whose versions decide the bytes of an output: (manifest key, module, distributions).
+_VERSIONED = (
+    ("torch", "torch", ("torch",)),
+    ("torchvision", "torchvision", ("torchvision",)),
+    ("opencv", "cv2", ("opencv-python", "opencv-python-headless", "opencv-contrib-python")),
+    ("timm", "timm", ("timm",)),
+    ("numpy", "numpy", ("numpy",)),
+)
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of torch, torchvision, OpenCV, timm and numpy (None when not installed), importing none of them."""
+    import importlib.metadata
+    import sys
+
+    versions: dict[str, str | None] = {}
+    for key, module, distributions in _VERSIONED:
+        version = getattr(sys.modules.get(module), "__version__", None)
+        for distribution in distributions:
+            if version is not None:
+                break
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                version = importlib.metadata.version(distribution)
+        versions[key] = str(version) if version is not None else None
+    return versions
+
+
+MANIFEST_HEADER = ("vcf_version", "versions")
+"""The fields :func:`manifest_text` adds to every manifest: they describe the software, not the settings."""
+
+
 def manifest_text(manifest: dict[str, Any]) -> str:
-    """Stable JSON text of a manifest: same settings, same bytes."""
+    """Stable JSON text of a manifest, with vcf's version and the library versions: same settings, same bytes."""
     from vcf.version import __version__
 
-    return json.dumps({"vcf_version": __version__, **manifest}, indent=2, sort_keys=True) + "\n"
+    header = {"vcf_version": __version__, "versions": library_versions()}
+    return json.dumps({**header, **manifest}, indent=2, sort_keys=True) + "\n"
+
+
+def write_manifests_beside(files: Iterable[Path], name: str, manifest: dict[str, Any]) -> list[Path]:
+    """Writes ``name`` into each folder of some of ``files``: ``manifest`` plus the names of those files.
+
+    For outputs that are loose files (one .npy per video) rather than a directory with its own manifest.
+
+    Returns:
+        The manifests written.
+
+    Raises:
+        VcfError: The disk is full or failing (a folder that cannot be written is skipped).
+    """
+    by_folder: dict[Path, list[str]] = {}
+    for path in files:
+        by_folder.setdefault(Path(path).parent, []).append(Path(path).name)
+    written = []
+    for folder, names in sorted(by_folder.items()):
+        try:
+            atomic_write_text(folder / name, manifest_text({**manifest, "outputs": sorted(names)}))
+        except VcfError as exc:
+            if is_output_error(str(exc)):
+                raise
+            continue  # e.g. a folder without write permission: its outputs fail on their own, with the reason
+        written.append(folder / name)
+    return written
 
 
 def die_with_parent() -> None:

@@ -42,6 +42,31 @@ def chunk_rows(dim: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     return max(1, chunk_bytes // max(1, dim * ITEMSIZE))
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK_BYTES // 8):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Manifest fields naming what an output was computed from; every other field is a setting. An output whose
+# settings match but whose inputs changed is stale: it is recomputed without --overwrite.
+INPUT_FIELDS = ("input", "inputs")
+# Fields that follow from a run's result rather than from what was asked.
+RESULT_FIELDS = ("failures", "shape", "format", "vcf_version", "versions")
+
+
+def inputs_changed(previous: dict[str, Any] | None, manifest: dict[str, Any]) -> bool:
+    """True when ``previous`` has the settings of ``manifest`` but was computed from other inputs."""
+    if previous is None:
+        return False
+    skip = INPUT_FIELDS + RESULT_FIELDS
+    same_settings = all(previous.get(k) == v for k, v in manifest.items() if k not in skip)
+    return same_settings and any(previous.get(k) != manifest[k] for k in INPUT_FIELDS if k in manifest)
+
+
 def _read_ids(path: Path) -> list[str]:
     data = path.read_bytes()
     try:
@@ -216,9 +241,9 @@ class BigFile:
     def describe(self) -> dict[str, Any]:
         """What a manifest records about this BigFile as an input.
 
-        Shape, size, a digest of the ids and a digest of its own manifest.json (None when it has
-        none): a feature recomputed with other settings has another manifest, so outputs made from
-        the old one are no longer up to date.
+        Shape, size, a digest of the ids, a digest of its own manifest.json (None when it has none)
+        and a digest of the values: an output made from an input whose values changed since, even under
+        the same name and settings, is no longer up to date.
         """
         manifest_path = self.datadir / MANIFEST_NAME
         manifest_sha1 = hashlib.sha1(manifest_path.read_bytes()).hexdigest() if manifest_path.is_file() else None
@@ -227,6 +252,7 @@ class BigFile:
             "bytes": self.nr_of_images * self.ndims * ITEMSIZE,
             "ids_sha1": self.ids_digest(),
             "manifest_sha1": manifest_sha1,
+            "values_sha256": file_sha256(self.datadir / BIN_NAME),
         }
 
     def __len__(self) -> int:
@@ -257,27 +283,25 @@ def open_feature(collection: Collection, feature: str) -> BigFile:
 def reusable_output(out_dir: Path, manifest: dict[str, Any], *, overwrite: bool) -> BigFile | None:
     """The existing BigFile at ``out_dir`` when its manifest has every field of ``manifest``, else None.
 
-    Stages call this before computing: a match means the output is up to date and can be kept.
+    Stages call this before computing: a match means the output is up to date and can be kept. None
+    (compute it) also when ``overwrite`` is asked, and when only the inputs changed (see :func:`inputs_changed`).
 
     Raises:
-        OutputExistsError: ``out_dir`` exists, was made from something else, and ``overwrite`` is false.
+        OutputExistsError: ``out_dir`` exists, was made with other settings, and ``overwrite`` is false.
     """
-    if not out_dir.exists():
+    if overwrite or not out_dir.exists():
         return None
     previous = read_manifest(out_dir)
+    if inputs_changed(previous, manifest):
+        return None
     if previous is not None and all(previous.get(k) == v for k, v in manifest.items()):
         try:
             return BigFile(out_dir)
         except FeatureFileError as exc:
-            # Damaged since it was written: recompute it when allowed, and say so rather than blame the settings.
-            if not overwrite:
-                reason = str(exc).replace(f"{out_dir}: ", "")
-                raise OutputExistsError(f"{out_dir} is damaged ({reason}); use --overwrite to recompute it") from None
-    if not overwrite:
-        raise OutputExistsError(
-            f"{out_dir} exists but was made from other input or settings; use --overwrite to replace it"
-        )
-    return None
+            # Damaged since it was written: say so rather than blame the settings.
+            reason = str(exc).replace(f"{out_dir}: ", "")
+            raise OutputExistsError(f"{out_dir} is damaged ({reason}); use --overwrite to recompute it") from None
+    raise OutputExistsError(f"{out_dir} exists but was made with other settings; use --overwrite to replace it")
 
 
 class BigFileWriter:
@@ -301,7 +325,8 @@ class BigFileWriter:
         Args:
             final_dir: Where the finished BigFile directory goes.
             dim: Values per row.
-            overwrite: Replace an existing ``final_dir`` when closing.
+            overwrite: Replace an existing ``final_dir`` when closing (one made with the same settings from
+                other inputs is replaced in any case).
             manifest: What the output was computed from; written to manifest.json with its shape.
 
         Raises:
@@ -313,6 +338,8 @@ class BigFileWriter:
         self.dim = int(dim)
         self.overwrite = overwrite
         self.manifest = dict(manifest or {})
+        if self.final_dir.exists() and not overwrite and inputs_changed(read_manifest(self.final_dir), self.manifest):
+            self.overwrite = overwrite = True  # a stale output is replaced by its recomputation
         if self.final_dir.exists() and not overwrite:
             raise OutputExistsError(f"{self.final_dir} exists; use --overwrite to replace it")
         self.tmp_dir = temp_sibling(self.final_dir)

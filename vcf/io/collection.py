@@ -65,6 +65,21 @@ class Collection:
     def frame_path(self, video_id: str, index: int) -> Path:
         return self.frame_dir(video_id) / f"{self.frame_id(video_id, index)}.jpg"
 
+    # Shots ---------------------------------------------------------------------------------------
+    @property
+    def shots_file(self) -> Path:
+        """``id.shots.txt``: ``<shot_id> <vid> <first frame> <last frame>`` a line."""
+        return self.root / "id.shots.txt"
+
+    @property
+    def shot_data_dir(self) -> Path:
+        """``ShotData/``: one TRECVID master shot reference file per video, and the manifest."""
+        return self.root / "ShotData"
+
+    def msb_file(self, video_id: str, directory: Path | None = None) -> Path:
+        """The ``<vid>.msb`` shot file of a video, in ``ShotData/`` or in ``directory``."""
+        return (directory if directory is not None else self.shot_data_dir) / f"{video_id}.msb"
+
     # Index files ---------------------------------------------------------------------------------
     @property
     def imagepath_file(self) -> Path:
@@ -90,6 +105,15 @@ class Collection:
         """Where a stage lists the items it could not process: ``<stage>.failures.txt``."""
         return self.root / f"{stage}.failures.txt"
 
+    def list_failures_files(self) -> list[Path]:
+        """Every ``*.failures.txt`` of the collection (sorted)."""
+        return sorted(self.root.glob("*.failures.txt"))
+
+    @property
+    def report_dir(self) -> Path:
+        """Where ``vcf report`` writes its pages by default."""
+        return self.root / "Report"
+
     # Features ------------------------------------------------------------------------------------
     @property
     def feature_root(self) -> Path:
@@ -108,6 +132,15 @@ class Collection:
         return sorted(p.name for p in self.feature_root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     # Locks, unfinished work and shard parts ------------------------------------------------------
+    @property
+    def index_root(self) -> Path:
+        """Where nearest-neighbour indexes of features live: ``IndexData/``."""
+        return self.root / "IndexData"
+
+    def index_dir(self, feature_name: str) -> Path:
+        """The index directory of a feature, ``IndexData/<feature>``."""
+        return self.index_root / self.feature_dir(feature_name).name
+
     @property
     def shard_root(self) -> Path:
         """Where ``--shard K/N`` runs keep their parts until ``vcf merge``."""
@@ -289,6 +322,25 @@ def resolve_index_path(collection: Collection, value: str) -> Path:
     return inside
 
 
+def files_digest(collection: Collection, paths: Iterable[Path]) -> str:
+    """SHA-256 over the path, size and modification time of each file, in order (-1 for a missing file).
+
+    Tells whether the files an output was computed from changed since, without reading them: rewriting a
+    file (e.g. ``vcf frames --overwrite``) changes its modification time. Paths inside the collection
+    count relative to it, so that a collection mounted elsewhere (another node) gives the same digest.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        name = path.relative_to(collection.root) if path.is_relative_to(collection.root) else path
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:  # a missing or unreadable file fails when read; the run goes on
+            size = mtime = -1
+        digest.update(f"{name}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def format_index_path(collection: Collection, path: Path, relative: bool) -> str:
     """The text written for ``path`` in an index file: absolute, or relative to the collection."""
     return str(path.relative_to(collection.root)) if relative else str(path)
@@ -308,6 +360,11 @@ def read_id_list(path: Path) -> list[str]:
 def write_id_list(path: Path, ids: Iterable[str]) -> None:
     """Atomically writes one id a line."""
     atomic_write_text(path, "".join(f"{i}\n" for i in ids))
+
+
+def write_imageset(collection: Collection, frame_ids: Iterable[str]) -> None:
+    """Writes ``ImageSets/<collection>.txt`` as the original tools did: the frame ids sorted as strings."""
+    write_id_list(collection.imageset_file, sorted(frame_ids))
 
 
 def write_failures(path: Path, failures: Iterable[tuple[str, str]]) -> Path | None:

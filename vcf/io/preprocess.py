@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
+from vcf.errors import VcfError
+
 OVERSAMPLE_RESIZE = 256
 OVERSAMPLE_CROP = 224
 _INTERPOLATION = {
@@ -22,9 +24,16 @@ _INTERPOLATION = {
 }
 
 _PIL_FILTERS = {
+    tvf.InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
     tvf.InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
     tvf.InterpolationMode.NEAREST: Image.Resampling.NEAREST,
 }
+
+# How images are resized. ``pil``: as the reference pipelines do (PIL's resize of a PIL image; a model whose
+# reference resizes tensors without antialiasing, torchvision's video models, gets exactly that). ``default``:
+# the same, except that bilinear resizing uses torchvision's uint8 antialiased kernel, several times faster
+# and one level away from PIL's at a few pixels in ten thousand.
+RESIZE_BACKENDS = ("default", "pil")
 
 
 class ImageError(Exception):
@@ -99,7 +108,7 @@ class FrameTransform:
     corners and the centre, then the same five of the horizontally flipped image.
 
     Args:
-        resize: Target of the shorter side.
+        resize: Target of the shorter side, or the exact (height, width) to resize to (aspect not kept).
         crop: Side of the square crop.
         interpolation: ``bilinear``, ``bicubic`` or ``nearest``.
         oversample: Produce the ten crops instead of one.
@@ -108,17 +117,30 @@ class FrameTransform:
         decode_device: Leave JPEGs encoded in :meth:`read` (other images are decoded as usual) for
             :meth:`decode_batch` to decode, resize and crop on this device: nvJPEG, batched, on CUDA;
             libjpeg-turbo on the CPU. Slightly different pixels (another decoder, float resizing).
+        antialias: False for models whose reference transform resizes tensors without antialiasing.
+        resize_backend: ``default`` or ``pil`` (see ``RESIZE_BACKENDS``).
+
+    Raises:
+        VcfError: An unknown backend, or ``pil`` with a decoder other than the full one.
     """
 
     def __init__(
         self,
-        resize: int,
+        resize: int | tuple[int, int],
         crop: int,
         interpolation: str = "bilinear",
         oversample: bool = False,
         fast_decode: bool = False,
         decode_device: str | None = None,
+        antialias: bool = True,
+        resize_backend: str = "default",
     ) -> None:
+        if resize_backend not in RESIZE_BACKENDS:
+            raise VcfError(f"--resize-backend must be one of {', '.join(RESIZE_BACKENDS)}, not {resize_backend!r}")
+        if resize_backend == "pil" and (fast_decode or decode_device is not None):
+            raise VcfError("--resize-backend pil reproduces the reference pipeline: it needs the full JPEG decoder")
+        self.antialias = antialias
+        self.resize_backend = resize_backend
         self.resize = OVERSAMPLE_RESIZE if oversample else resize
         self.crop = OVERSAMPLE_CROP if oversample else crop
         self.interpolation = _INTERPOLATION[interpolation]
@@ -137,9 +159,10 @@ class FrameTransform:
             "resize_shorter_side": self.resize,
             "crop": self.crop,
             "interpolation": self.interpolation.value,
-            "antialias": True,
+            "antialias": self.antialias,
             "ten_crop": self.oversample,
             "decoder": self._decoder_name(),
+            "resize_backend": self.resize_backend,
         }
 
     def _decoder_name(self) -> str:
@@ -164,14 +187,23 @@ class FrameTransform:
         """(H, W, 3) uint8 RGB to (views, 3, crop, crop) uint8; an encoded JPEG (1-D) passes through unchanged."""
         if rgb.ndim == 1:
             return torch.from_numpy(rgb)
-        if self.interpolation == tvf.InterpolationMode.BILINEAR:
+        bilinear = self.interpolation == tvf.InterpolationMode.BILINEAR
+        if not self.antialias:
+            image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+            image = resize_without_antialias(image, [self.resize], self.interpolation)
+        elif bilinear and self.resize_backend != "pil":
             # torchvision's uint8 antialiased bilinear kernel follows PIL's and is several times faster.
             image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-            image = tvf.resize(image, [self.resize], interpolation=self.interpolation, antialias=True)
+            image = tvf.resize(image, self._size, interpolation=self.interpolation, antialias=True)
         else:
-            # Its bicubic kernel rounds differently from PIL's, which the published models were evaluated with.
+            # PIL, which the published models were evaluated with (torchvision's bicubic kernel rounds otherwise).
             image = torch.from_numpy(np.array(self._pil_resize(rgb))).permute(2, 0, 1)
         return self._crops(image)
+
+    @property
+    def _size(self) -> list[int]:
+        """torchvision's size argument: ``[shorter side]``, or ``[height, width]`` for an exact (squashing) resize."""
+        return [self.resize] if isinstance(self.resize, int) else list(self.resize)
 
     def _crops(self, image: torch.Tensor) -> torch.Tensor:
         if not self.oversample:
@@ -199,15 +231,32 @@ class FrameTransform:
         for n, item in enumerate(items):
             if item.dim() == 1:
                 if n in decoded:
-                    image = tvf.resize(decoded[n], [self.resize], interpolation=self.interpolation, antialias=True)
+                    image = tvf.resize(decoded[n], self._size, interpolation=self.interpolation, antialias=True)
                     crops.append(self._crops(image))
             else:
                 crops.append(item.to(device, non_blocking=True))
         return (torch.cat(crops) if crops else None), failed
 
     def _pil_resize(self, rgb: np.ndarray) -> Image.Image:
-        height, width = _shorter_side_size(rgb.shape[0], rgb.shape[1], self.resize)
+        if isinstance(self.resize, int):
+            height, width = _shorter_side_size(rgb.shape[0], rgb.shape[1], self.resize)
+        else:
+            height, width = self.resize
         return Image.fromarray(rgb).resize((width, height), _PIL_FILTERS[self.interpolation])
+
+
+def resize_without_antialias(
+    image: torch.Tensor, size: Sequence[int], interpolation: tvf.InterpolationMode | str = "bilinear"
+) -> torch.Tensor:
+    """Resizes a (3, H, W) uint8 tensor as torchvision's video transforms do (``VideoClassification``).
+
+    Their ``transforms.functional.resize`` interpolates in float and rounds; the uint8 kernel of
+    ``transforms.v2`` rounds otherwise (one level apart at about a tenth of the values).
+    """
+    from torchvision.transforms import functional as reference_functional
+
+    mode = tvf.InterpolationMode(interpolation)
+    return reference_functional.resize(image, list(size), interpolation=mode, antialias=False)
 
 
 def _decode_jpegs(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from vcf.models import catalog  # noqa: F401  (registers the shipped models)
+from vcf.models import (
+    catalog,  # noqa: F401  (registers the shipped models)
+    openclip,  # noqa: F401  (registers the clip/<arch>:<tag> family)
+)
 from vcf.models.extractor import FeatureExtractor, build_extractor
 from vcf.models.registry import (
     LAYER_ALIASES,
@@ -12,6 +15,7 @@ from vcf.models.registry import (
     get_model,
     list_models,
     register,
+    register_modules,
 )
 from vcf.models.weights import (
     WeightsInfo,
@@ -23,6 +27,8 @@ from vcf.models.weights import (
     weights_file,
     weights_status,
 )
+
+register_modules()  # after the shipped models: $VCF_MODEL_MODULES may build on them
 
 __all__ = [
     "LAYER_ALIASES",

@@ -1,4 +1,4 @@
-"""The catalog of models vcf ships: torchvision, WSL, EfficientNet-Lite0, Hara's 3D ResNeXt and the test models.
+"""The catalog of models vcf ships: torchvision, WSL, EfficientNet-Lite0, Hara's 3D ResNeXt.
 
 Importing this module registers them (``vcf.models`` imports it); timm models are looked up on demand.
 """
@@ -9,14 +9,11 @@ import functools
 import inspect
 from typing import Any
 
-import torch
 from torch import nn
 
 from vcf.models.registry import (
     ACTIVITYNET_MEAN_255,
-    KINETICS_MEAN,
     KINETICS_MEAN_255,
-    KINETICS_STD,
     ModelRecord,
     Preprocess,
     WeightsSource,
@@ -82,8 +79,9 @@ def _tv_builder(name: str) -> nn.Module:
     return models.get_model(name, weights=None)
 
 
-def _tv_preprocess(transforms: Any) -> Preprocess:
+def _tv_preprocess(weights: Any, video: bool = False) -> Preprocess:
     """The eval preprocessing of a torchvision Weights entry, read from its transforms partial."""
+    transforms = weights.transforms
     params = {
         key: p.default
         for key, p in inspect.signature(transforms.func).parameters.items()
@@ -102,6 +100,9 @@ def _tv_preprocess(transforms: Any) -> Preprocess:
         mean=tuple(float(v) for v in params["mean"]),
         std=tuple(float(v) for v in params["std"]),
         interpolation=getattr(interpolation, "value", interpolation) or "bilinear",
+        antialias=not video,  # VideoClassification resizes with antialias=False, ImageClassification PIL images
+        reference=f"torchvision {weights}.transforms(): "
+        + ("VideoClassification (tensor resize without antialiasing)" if video else "ImageClassification (PIL)"),
     )
 
 
@@ -123,7 +124,7 @@ def _register_torchvision() -> None:
                 kind="2d",
                 builder=functools.partial(_tv_builder, name),
                 weights=_tv_weights(weights, _TV_LICENSE),
-                preprocess=_tv_preprocess(weights.transforms),
+                preprocess=_tv_preprocess(weights),
                 layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
                 feature_module=head,
                 fixed_input_size=name.startswith("vit_"),
@@ -138,7 +139,7 @@ def _register_torchvision() -> None:
                 kind="3d",
                 builder=functools.partial(_tv_builder, name),
                 weights=_tv_weights(weights, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
-                preprocess=_tv_preprocess(weights.transforms),
+                preprocess=_tv_preprocess(weights, video=True),
                 layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
                 feature_module=head,
                 fixed_input_size=fixed,
@@ -150,6 +151,11 @@ def _register_torchvision() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- WSL
+
+WSL_REFERENCE = (
+    "facebookresearch/WSL-Images (README, torch.hub usage): on a PIL image Resize(256), CenterCrop(224), "
+    "ToTensor(), Normalize(ImageNet mean, std); the original feature tool (video-cnn-feat) did the same"
+)
 
 # Hash parts of the file names in facebookresearch/WSL-Images hubconf.py.
 _WSL_HASHES = {8: "c38310e5", 16: "c6f796b0", 32: "e4b90b00", 48: "3e41cc8a"}
@@ -174,7 +180,7 @@ def _register_wsl() -> None:
                     filename=filename,
                     license="CC-BY-NC-4.0 (facebookresearch/WSL-Images)",
                 ),
-                preprocess=Preprocess(resize=256, crop=224),
+                preprocess=Preprocess(resize=256, crop=224, reference=WSL_REFERENCE),
                 layers={"avgpool": 2048, "fc": 1000},
                 description=f"ResNeXt-101 32x{width}d pretrained on 940M Instagram images, fine-tuned on ImageNet",
             )
@@ -182,6 +188,13 @@ def _register_wsl() -> None:
 
 
 # ---------------------------------------------------------------------------------- EfficientNet-Lite0
+
+LITE0_REFERENCE = (
+    "timm tf_efficientnet_lite0 pretrained_cfg through resolve_data_config + create_transform (bicubic, "
+    "crop_pct 0.875: Resize(256), CenterCrop(224) on a PIL image), normalised as TensorFlow's EfficientNet-Lite "
+    "(tensorflow/tpu models/official/efficientnet/lite: MEAN_RGB 127, STDDEV_RGB 128, the weights' origin); "
+    "timm's own cfg says mean = std = 0.5, i.e. (x - 127.5) / 127.5, at most 0.0079 from (x - 127) / 128"
+)
 
 
 def _lite0_builder() -> nn.Module:
@@ -212,7 +225,12 @@ def _register_lite0() -> None:
             ),
             # TensorFlow's EfficientNet-Lite inputs are (pixel - 127) / 128; resize/crop as timm's lite0.
             preprocess=Preprocess(
-                resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
+                resize=256,
+                crop=224,
+                mean=(127 / 255,) * 3,
+                std=(128 / 255,) * 3,
+                interpolation="bicubic",
+                reference=LITE0_REFERENCE,
             ),
             layers={"avgpool": 1280, "fc": 1000},
             feature_module="classifier",
@@ -222,6 +240,13 @@ def _register_lite0() -> None:
 
 
 # --------------------------------------------------------------------------------- Hara's 3D ResNeXt
+
+HARA_REFERENCE = (
+    "kenshohara/video-classification-3d-cnn-pytorch (main.py, spatial_transforms.py): per frame, on a PIL image "
+    "Scale(112) (shorter side, PIL bilinear), CenterCrop(112), ToTensor(norm_value=1) (0-255 values), "
+    "Normalize(mean, [1, 1, 1]) with mean.py's ActivityNet mean (or the Kinetics mean: the _kmean record); "
+    "vcf normalises on the [0, 1] scale, so float rounding reaches about 1.5e-5 on this 0-255 scale"
+)
 
 
 def _resnext3d_builder() -> nn.Module:
@@ -255,6 +280,7 @@ def _register_resnext3d() -> None:
                     mean=tuple(m / 255 for m in mean_255),
                     std=(1 / 255,) * 3,
                     value_scale=255.0,
+                    reference=HARA_REFERENCE,
                 ),
                 layers={"avgpool": 2048, "fc": 400},
                 clip_len=16,
@@ -264,99 +290,11 @@ def _register_resnext3d() -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------ test models
-
-
-class TinyNet2d(nn.Module):
-    """Two strided convolutions, global pooling and a linear layer: a fast stand-in for real CNNs."""
-
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(8),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images to (B, num_classes) logits."""
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-class TinyNet3d(nn.Module):
-    """The 3D counterpart of :class:`TinyNet2d`, for (B, 3, T, H, W) clips."""
-
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv3d(3, 8, 3, stride=(1, 2, 2), padding=1, bias=False),
-            nn.BatchNorm3d(8),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm3d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.avgpool = nn.AdaptiveAvgPool3d(1)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, T, H, W) clips to (B, num_classes) logits."""
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-def _seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
-    """Builds ``cls`` with a fixed seed, so test features are the same in every process and run."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls()
-    # A random BatchNorm keeps unit statistics; spread them so the layer is not an identity.
-    with torch.no_grad():
-        for index, module in enumerate(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-            channels = torch.arange(module.num_features, dtype=torch.float32)
-            module.running_mean.copy_(0.01 * channels - 0.02 * index)
-            module.running_var.copy_(1.0 + 0.05 * channels)
-    return model
-
-
-def _register_test_models() -> None:
-    builtin = WeightsSource(builtin=True, license="test model: fixed-seed random weights")
-    register(
-        ModelRecord(
-            name="test_tiny2d",
-            kind="2d",
-            builder=functools.partial(_seeded, TinyNet2d),
-            weights=builtin,
-            preprocess=Preprocess(resize=36, crop=32),
-            layers={"avgpool": 16, "fc": 10},
-            description="tiny 2D test model with fixed random weights (fast tests)",
-        )
-    )
-    register(
-        ModelRecord(
-            name="test_tiny3d",
-            kind="3d",
-            builder=functools.partial(_seeded, TinyNet3d),
-            weights=builtin,
-            preprocess=Preprocess(resize=36, crop=32, mean=KINETICS_MEAN, std=KINETICS_STD),
-            layers={"avgpool": 16, "fc": 10},
-            clip_len=4,
-            clip_fps=8.0,
-            description="tiny 3D test model with fixed random weights (fast tests)",
-        )
-    )
-
-
 def _register_all() -> None:
     _register_torchvision()
     _register_wsl()
     _register_lite0()
     _register_resnext3d()
-    _register_test_models()
 
 
 _register_all()

@@ -17,8 +17,10 @@ from vcf.models.weights import RANDOM_WEIGHTS, WeightsInfo, load_state
 class FeatureExtractor(nn.Module):
     """Runs a model once and returns one (B, D) tensor per requested layer.
 
-    ``avgpool`` is the pooled vector the classifier reads (captured by a hook on the classifier's input,
-    averaged over any remaining time/space positions); ``fc`` (alias ``logits``) is the classifier output.
+    The record's ``output_layer`` is the model's output; any other layer is the input of its
+    ``feature_module``. For classifiers ``avgpool`` is the pooled vector the classifier reads (captured by
+    a hook on the classifier's input, averaged over any remaining time/space positions); ``fc`` (alias
+    ``logits``) is the classifier output.
 
     Args:
         model: The network of ``record``, in eval mode.
@@ -60,7 +62,8 @@ class FeatureExtractor(nn.Module):
             raise ModelError(f"{self.record.name} takes {rank}-d input, got shape {tuple(x.shape)}")
         captured: list[torch.Tensor] = []
         handle = None
-        if "avgpool" in self._canonical:
+        output = self.record.output_layer
+        if any(canonical != output for canonical in self._canonical):
             # Registered per call on the module this replica owns, so copies made by DataParallel work too.
             head = self.model.get_submodule(self.record.feature_module)
             handle = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
@@ -71,7 +74,7 @@ class FeatureExtractor(nn.Module):
                 handle.remove()
         outputs: dict[str, torch.Tensor] = {}
         for layer, canonical in zip(self.layers, self._canonical, strict=True):
-            if canonical == "fc":
+            if canonical == output:
                 value = logits
             else:
                 if not captured:

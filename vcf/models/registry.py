@@ -27,6 +27,7 @@ KINETICS_MEAN_255 = (110.63666788, 103.16065604, 96.29023126)
 
 LAYER_ALIASES = {"logits": "fc"}
 TIMM_PREFIX = "timm/"
+MODULES_ENV = "VCF_MODEL_MODULES"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
@@ -47,6 +48,9 @@ class Preprocess:
         interpolation: Resize filter: "bilinear", "bicubic" or "nearest".
         value_scale: The pixel scale the original code normalized in: 1.0 for [0, 1] inputs, 255.0 for
             models trained on 0-255 values minus a mean (Hara's 3D ResNeXt, whose std is 1/255 here).
+        antialias: False when the reference resizes tensors without antialiasing (torchvision's video models).
+        reference: The preprocessing the weights were published with, and its source; tests compare vcf's
+            input tensor with it. Any known gap with ``--resize-backend pil`` is stated here.
     """
 
     resize: int | tuple[int, int]
@@ -55,6 +59,8 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     value_scale: float = 1.0
+    antialias: bool = True
+    reference: str = ""
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -93,6 +99,9 @@ class WeightsSource:
         positional: Map the file's tensors onto the model's parameters by order, checking every shape,
             for checkpoints written by another implementation with other parameter names.
         builtin: The builder's own fixed-seed initialization is the weights (test models).
+        fetch: Returns the weights file through the model library's own download code and cache (open_clip);
+            raises ModelError naming what is missing and where to put it.
+        convert: Maps a checkpoint's state dict onto the model's (the library's own key conversions).
     """
 
     url: str | None = None
@@ -103,6 +112,8 @@ class WeightsSource:
     arch: str | None = None
     positional: bool = False
     builtin: bool = False
+    fetch: Callable[[], str] | None = None
+    convert: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,6 +134,8 @@ class ModelRecord:
         clip_len: Frames per clip (3D models).
         clip_fps: Frame rate the clips were sampled at in training (3D models); None means the video's own rate.
         description: One line about the architecture and the training data of the weights.
+        output_layer: The layer that is the model's output; every other layer is the input of
+            ``feature_module``, captured by a hook.
     """
 
     name: str
@@ -137,6 +150,7 @@ class ModelRecord:
     clip_len: int | None = None
     clip_fps: float | None = None
     description: str = ""
+    output_layer: str = "fc"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -215,6 +229,19 @@ def _params_on_meta() -> Iterator[None]:
 
 _REGISTRY: dict[str, ModelRecord] = {}
 _DYNAMIC: dict[str, ModelRecord] = {}
+# Name prefix -> resolver turning a full name into a record, for model families resolved on demand.
+_FAMILIES: dict[str, Callable[[str], ModelRecord]] = {}
+
+
+def register_family(prefix: str, resolver: Callable[[str], ModelRecord]) -> None:
+    """Resolves every name starting with ``prefix`` (e.g. ``timm/``) on demand through ``resolver``.
+
+    Raises:
+        ModelError: The prefix is taken.
+    """
+    if prefix in _FAMILIES:
+        raise ModelError(f"model name prefix {prefix!r} is already registered")
+    _FAMILIES[prefix] = resolver
 
 
 def register(record: ModelRecord) -> ModelRecord:
@@ -225,8 +252,9 @@ def register(record: ModelRecord) -> ModelRecord:
     """
     if record.name in _REGISTRY:
         raise ModelError(f"model {record.name} is already registered")
-    if record.name.startswith(TIMM_PREFIX):
-        raise ModelError(f"names starting with {TIMM_PREFIX} are reserved for timm models")
+    reserved = next((prefix for prefix in _FAMILIES if record.name.startswith(prefix)), None)
+    if reserved is not None:
+        raise ModelError(f"names starting with {reserved} are reserved for a model family")
     _REGISTRY[record.name] = record
     return record
 
@@ -234,7 +262,7 @@ def register(record: ModelRecord) -> ModelRecord:
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names in registration order, optionally filtered by a shell-style ``pattern``.
 
-    ``timm/<name>`` models are resolved on demand and not listed.
+    Family names (``timm/<name>``, ``clip/<arch>:<tag>``) are resolved on demand and not listed.
     """
     names = list(_REGISTRY)
     if pattern:
@@ -243,16 +271,17 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def get_model(name: str) -> ModelRecord:
-    """The record of a registered model, or of ``timm/<timm model name>``.
+    """The record of a registered model, or of a family name such as ``timm/<timm model name>``.
 
     Raises:
         ModelError: The name is unknown; the message suggests close names.
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(TIMM_PREFIX):
+    prefix = next((prefix for prefix in _FAMILIES if name.startswith(prefix)), None)
+    if prefix is not None:
         if name not in _DYNAMIC:
-            _DYNAMIC[name] = _timm_record(name)
+            _DYNAMIC[name] = _FAMILIES[prefix](name)
         return _DYNAMIC[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -291,30 +320,75 @@ def _timm_record(name: str) -> ModelRecord:
         mean=tuple(float(v) for v in data["mean"]),
         std=tuple(float(v) for v in data["std"]),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+        reference=f"timm {arch} pretrained_cfg: resolve_data_config + create_transform (PIL)",
     )
     classifier = model.get_classifier()
     feature_module = next((path for path, module in model.named_modules() if module is classifier), "")
-    if not feature_module or isinstance(classifier, nn.Identity):
-        raise ModelError(f"timm model {arch!r} has no classifier module to take features from")
-    in_dim = getattr(classifier, "in_features", None) or getattr(classifier, "in_channels", None)
-    dim = int(in_dim or getattr(model, "head_hidden_size", None) or model.num_features)
+    if not feature_module or isinstance(classifier, nn.Identity) or not int(model.num_classes or 0):
+        # No classifier (DINOv2, SigLIP towers): the output is forward_head(pre_logits=True).
+        layers, output_layer, feature_module = {"avgpool": int(model.num_features)}, "avgpool", ""
+    else:
+        in_dim = getattr(classifier, "in_features", None) or getattr(classifier, "in_channels", None)
+        dim = int(in_dim or getattr(model, "head_hidden_size", None) or model.num_features)
+        layers, output_layer = {"avgpool": dim, "fc": int(model.num_classes)}, "fc"
     # Like timm, prefer the Hugging Face hub copy: it is in timm's own format, while some legacy URLs point
     # at files that need converting (JAX .npz).
     url = cfg.get("url") or None
     filename = url.rsplit("/", 1)[-1] if url else None
     hub_id = cfg.get("hf_hub_id")
+    fetch = None
     if hub_id:
         hub_file = cfg.get("hf_hub_filename") or "model.safetensors"
         url = f"https://huggingface.co/{hub_id}/resolve/main/{hub_file}"
         filename = f"{hub_id.replace('/', '--')}--{hub_file}"
+        fetch = functools.partial(_hf_hub_file, name, hub_id, hub_file)
     return ModelRecord(
         name=name,
         kind="2d",
         builder=builder,
-        weights=WeightsSource(url=url, filename=filename, license=str(cfg.get("license") or "see timm")),
+        weights=WeightsSource(url=url, filename=filename, license=str(cfg.get("license") or "see timm"), fetch=fetch),
         preprocess=preprocess,
-        layers={"avgpool": dim, "fc": int(model.num_classes)},
+        layers=layers,
         feature_module=feature_module,
         fixed_input_size=bool(cfg.get("fixed_input_size", False)),
         description=f"timm {arch}",
+        output_layer=output_layer,
     )
+
+
+def _hf_hub_file(name: str, repo_id: str, filename: str) -> str:
+    """A timm model's weights file in the Hugging Face cache, where timm itself downloads them."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return str(hf_hub_download(repo_id, filename))
+    except Exception as exc:  # offline, HTTP error, package missing: the same advice
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        try:
+            from huggingface_hub.constants import HF_HUB_CACHE
+        except ImportError:
+            HF_HUB_CACHE = "~/.cache/huggingface/hub"
+        raise ModelError(
+            f"cannot get the weights of {name} ({reason}); timm keeps them in the Hugging Face cache "
+            f"({HF_HUB_CACHE}/models--{repo_id.replace('/', '--')}, file {filename}): run "
+            f"`python -c \"import timm; timm.create_model('{name[len(TIMM_PREFIX) :]}', pretrained=True)\"` where "
+            "there is internet and copy that cache here, or pass the file with --weights FILE"
+        ) from exc
+
+
+def register_modules(names: str | None = None) -> None:
+    """Imports modules that register more models, e.g. ``vcf.models.testing`` (tests' tiny networks).
+
+    Args:
+        names: Comma-separated module names; default ``$VCF_MODEL_MODULES``. The variable reaches every
+            process a run starts (loader workers, shards, Ray actors), so they all know the same models.
+    """
+    import importlib
+    import os
+
+    for name in (names if names is not None else os.environ.get(MODULES_ENV, "")).split(","):
+        if name.strip():
+            importlib.import_module(name.strip())
+
+
+register_family(TIMM_PREFIX, _timm_record)

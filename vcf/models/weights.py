@@ -63,6 +63,8 @@ def weights_status(record: ModelRecord) -> str:
     cached = cached_path(record)
     if cached is not None and cached.is_file():
         return f"cached at {cached}"
+    if source.fetch is not None:
+        return f"its library's cache (download from {source.url})"
     if source.url:
         return f"not cached (download from {source.url})"
     return "--weights only"
@@ -146,6 +148,8 @@ def weights_file(record: ModelRecord) -> Path:
     if target is not None and target.is_file():
         _check_hash(record, target)
         return target
+    if source.fetch is not None:  # the model library's own download code and cache
+        return Path(source.fetch())
     if not source.url:
         where = f" or place it at {target}" if target is not None else ""
         raise ModelError(f"{record.name} has no download address; pass its weights file with --weights FILE{where}")
@@ -306,6 +310,8 @@ def load_state(
     path = Path(weights_path).expanduser() if weights_path is not None else weights_file(record)
     path = path.resolve()
     state = extract_state(read_weights_file(path), record, str(path))
+    if record.weights.convert is not None:
+        state = record.weights.convert(state, model if model is not None else record.build(meta=True))
     state = fit_state(state, expected, record, str(path))
     return state, WeightsInfo(source=str(path), sha256=file_sha256(path))
 

@@ -261,7 +261,8 @@ def _check_video_indexes(
         (coll.videoset_file, video_ids, rel),
         (coll.imageset_file, image_ids, relative_name(coll, coll.imagepath_file)),
     ):
-        if expected is not None and list_file.is_file() and layout.read_id_list(list_file) != expected:
+        # Compared as sets of ids: the original tools wrote these lists sorted, vcf writes ImageSets sorted too.
+        if expected is not None and list_file.is_file() and sorted(layout.read_id_list(list_file)) != sorted(expected):
             findings.add(relative_name(coll, list_file), f"its ids differ from {what}", kind=f"{list_file.name} ids")
     if coll.video_dir.is_dir() and coll.image_dir.is_dir():
         failed = {line.split(" ", 1)[0] for line in read_lines(coll.failures_file("frames")) if line.strip()}
@@ -357,8 +358,8 @@ def _check_manifest(
             if digest != source["sha256"]:
                 findings.add(
                     where,
-                    f"made from another version of {source['index']} (changed since); rerun `vcf features` with "
-                    "--overwrite to update it",
+                    f"made from another version of {source['index']} (changed since); rerun `vcf features` to "
+                    "recompute it",
                     kind="stale feature",
                 )
             elif index == coll.imagepath_file and image_ids is not None:

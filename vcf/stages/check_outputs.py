@@ -244,11 +244,12 @@ def check_input_unchanged(
         current = BigFile(directory).describe()
     except (FeatureFileError, OSError):
         return  # the input's own check reports it
-    keys = ("shape", "ids_sha1", "manifest_sha1")
+    keys = ("shape", "ids_sha1", "manifest_sha1", "values_sha256")
     changed = [key for key in keys if key in recorded and recorded[key] != current[key]]
     if changed:
         findings.add(
             where,
-            f"its input {input_name!r} changed since it was made ({', '.join(changed)}); rerun with --overwrite",
+            f"its input {input_name!r} changed since it was made ({', '.join(changed)}); rerun the command to "
+            "recompute it",
             kind="stale derived feature",
         )

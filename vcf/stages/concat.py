@@ -94,7 +94,8 @@ def concat(
         features: ``"A+B"`` or a list of two or more feature names.
         intersect: Keep only the ids common to all features instead of failing on a difference.
         rootpath: Where named collections live.
-        overwrite: Recompute an output made from other input or settings.
+        overwrite: Recompute and replace the output, even an up-to-date one or one made with other settings
+            (an output whose input values changed since is recomputed without it).
         progress: Receives ``rows`` events.
 
     Returns:

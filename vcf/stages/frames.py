@@ -206,6 +206,8 @@ def frames(
     shard: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    shots: bool = False,
+    keyframe: bool = False,
 ) -> FramesResult:
     """Extracts sampled frames of every video of a collection and writes the index files.
 
@@ -231,6 +233,9 @@ def frames(
             under ``.vcf-shards/``; :func:`vcf.merge` writes the index files once all N are done.
         engine: ``local`` (worker processes) or ``ray`` (Ray tasks on a cluster).
         ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
+        shots: Sample inside each shot of ``id.shots.txt`` (from ``vcf.shots``): frames
+            ``ImageData/<shot_id>/<shot_id>_<n>.jpg``, index files listing shots where they list videos.
+        keyframe: With ``shots``, keep the middle frame of each shot only.
 
     Returns:
         A FramesResult; ``failures`` is non-empty when some videos failed.
@@ -248,6 +253,21 @@ def frames(
         raise VcfError("--size must be >= 0")
     settings = FrameSettings(Sampling(fps=fps, every=every, num_frames=num_frames), size=size, quality=quality)
     coll = layout.resolve_collection(collection, rootpath)
+    if shots or keyframe:
+        from vcf.stages.shotframes import frames_by_shot
+
+        if not shots or shard is not None or engine != "local" or ray_address is not None:
+            raise VcfError("--keyframe needs --shots, and --shots runs with the local engine without --shard")
+        return frames_by_shot(
+            coll,
+            settings,
+            keyframe=keyframe,
+            workers=workers,
+            relative_paths=relative_paths,
+            overwrite=overwrite,
+            video_timeout=video_timeout,
+            progress=progress,
+        )
     spec = parse_scale_out(shard, engine, ray_address)
     reporter = Reporter(progress)
     result = FramesResult(collection=coll.root)
@@ -387,7 +407,7 @@ def write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, Vid
         [(v, f"{done[v].int_fps} {done[v].frame_count} {done[v].width} {done[v].height}") for v in video_ids],
     )
     layout.write_id_list(coll.videoset_file, video_ids)
-    layout.write_id_list(coll.imageset_file, [frame_id for frame_id, _ in image_lines])
+    layout.write_imageset(coll, [frame_id for frame_id, _ in image_lines])
     return len(image_lines)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from vcf.errors import CollectionError, OutputExistsError, VcfError
 from vcf.io.atomic import OutputLock, clean_stale_temps, fsync_file, publish, remove_path, temp_sibling, writing
-from vcf.io.bigfile import BigFile, chunk_rows, open_feature
+from vcf.io.bigfile import BigFile, chunk_rows, inputs_changed, open_feature
 from vcf.io.collection import Collection, resolve_collection, write_failures
 from vcf.progress import ProgressCallback, Reporter
 from vcf.stages.pool import RowReader, group_frames, split_frame_id
@@ -216,10 +216,21 @@ def to_h5(
     stamp = json.dumps(
         {"feature": feature, "input": source.describe(), "layout": layout, "compression": compression}, sort_keys=True
     )
+    overwrite = overwrite or _inputs_changed(target, stamp)  # made from other values of the feature: redo it
     with _output_lock(target, overwrite, stamp) as datasets:
         if datasets is not None:
             return H5Result(target, layout, datasets, source.nr_of_images, source.ndims, skipped=True)
         return _bigfile_to_h5(coll, source, feature, target, per_video, compression, overwrite, reporter, stamp)
+
+
+def _inputs_changed(target: Path, stamp: str) -> bool:
+    """True when ``target`` was written with the settings of ``stamp`` from another version of its input."""
+    try:
+        with h5py.File(target, "r") as h5:
+            previous = json.loads(h5.attrs.get("source") or "null")
+    except (OSError, ValueError, TypeError):
+        return False
+    return isinstance(previous, dict) and inputs_changed(previous, json.loads(stamp))
 
 
 def _made_from(target: Path, stamp: str | None) -> int | None:

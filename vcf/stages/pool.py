@@ -165,7 +165,8 @@ def pool(
         feature: The frame-level feature name.
         method: ``mean`` or ``max``.
         rootpath: Where named collections live.
-        overwrite: Recompute an output made from other input or settings.
+        overwrite: Recompute and replace the output, even an up-to-date one or one made with other settings
+            (an output whose input values changed since is recomputed without it).
         progress: Receives ``videos`` events.
 
     Returns:
