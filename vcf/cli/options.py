@@ -30,7 +30,9 @@ Rootpath = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
 Overwrite = Annotated[
     bool,
-    typer.Option("--overwrite", help="Recompute and replace outputs, even up-to-date ones or ones made with other settings."),
+    typer.Option(
+        "--overwrite", help="Recompute and replace outputs, even up-to-date ones or ones made with other settings."
+    ),
 ]
 Workers = Annotated[
     Optional[int],  # noqa: UP045
@@ -57,7 +59,12 @@ RayAddress = Annotated[
     typer.Option("--ray-address", help="Ray cluster address (host:port) [default: $RAY_ADDRESS or a local Ray]."),
 ]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model runs (cuda:i: GPU i).")]
-PrecisionOption = Annotated[Precision, typer.Option("--precision", help="auto: bf16 on GPUs that support it (fp16 on older ones) and AMX CPUs, else fp32.")]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        "--precision", help="auto: bf16 on GPUs that support it (fp16 on older ones) and AMX CPUs, else fp32."
+    ),
+]
 ModelTypeOption = Annotated[
     Optional[ModelType],  # noqa: UP045
     typer.Option("--type", help="Pick that kind's default model (checks --model's kind).", rich_help_panel=VIDEO),
@@ -75,7 +82,8 @@ ResizeBackendOption = Annotated[
     ),
 ]
 Shots = Annotated[
-    bool, typer.Option("--shots", help="Sample inside each shot of id.shots.txt (run `vcf shots` first); ids <shot_id>_<n>.")
+    bool,
+    typer.Option("--shots", help="Sample inside each shot of id.shots.txt (run `vcf shots` first); ids <shot_id>_<n>."),
 ]
 Keyframe = Annotated[bool, typer.Option("--keyframe", help="With --shots: the middle frame of each shot only.")]
 

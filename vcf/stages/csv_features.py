@@ -12,7 +12,7 @@ import numpy as np
 
 from vcf.errors import IndexFormatError, VcfError
 from vcf.io import collection as layout
-from vcf.io.atomic import atomic_write_bytes, is_output_error, writing
+from vcf.io.atomic import atomic_write_bytes, clean_stale_temps, is_output_error, write_manifests_beside, writing
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
 from vcf.run.jobs import VideoRows
@@ -24,6 +24,7 @@ from vcf.stages.videofeatures import (
     check_workers,
     decode_spec,
     video_job,
+    video_preprocessing,
 )
 
 DEFAULT_CSV_FPS = 1.0
@@ -37,7 +38,8 @@ class CsvRow:
 
     Attributes:
         line: Line number in the CSV (1 is the header).
-        video: The video file (absolute, or relative to the current directory when the CSV path was).
+        video: The video file: as written when absolute, else joined to the CSV's folder (so relative to the
+            current directory when the CSV's own path was relative).
         output: The .npy file to write.
     """
 
@@ -206,7 +208,7 @@ def features_from_csv(
     layer = run.layers[0]
     dims = record.layers[record.resolve_layer(layer)]
     clips, sampling = selection.resolve(record, default_fps=DEFAULT_CSV_FPS)
-    spec = decode_spec(record, sampling, clips, run.oversample, run.batch_size)
+    spec = decode_spec(record, sampling, clips, run.oversample, run.batch_size, run.resize_backend)
     shard_spec = parse_scale_out(run.shard, run.engine, run.ray_address)
     csv_path = Path(csv).expanduser()
     rows, failures = read_feature_csv(csv_path)
@@ -226,7 +228,26 @@ def features_from_csv(
     if todo:  # the model is loaded only when there is work, and before any progress is shown
         with open_engine(run.engine, run.ray_address) as runner:
             torch_device, chosen_precision = runner.resolve_device(run.device, run.precision)
-            record, extractor, _ = resolve_model(record.name, run.layers, run.weights)
+            record, extractor, weights_info = resolve_model(record.name, run.layers, run.weights)
+            # What the .npy files are computed with, beside them, written first so that a killed run leaves it too.
+            weights_used = {"source": weights_info.source, "sha256": weights_info.sha256}
+            manifest = {
+                "model": record.name,
+                "layer": layer,
+                "weights": weights_used,
+                "preprocessing": video_preprocessing(record, spec),
+                "precision": chosen_precision,
+                "dtype": dtype,
+                "l2_normalize": l2_normalize,
+                "csv": csv_path.name,
+                "sampling": sampling.as_dict(),
+                "clips": clips.as_dict() if clips is not None else None,
+            }
+            shard_name = None if shard_spec is None else shard_spec.name
+            name = layout.csv_failures_path(csv_path, shard_name).name.replace(".failures.txt", ".manifest.json")
+            write_manifests_beside([row.output for row in rows], name, manifest)
+            for folder in {row.output.parent for row in todo}:  # .npy files a killed run left half written
+                clean_stale_temps(folder)
             job = video_job(record, extractor, spec, torch_device, chosen_precision, run.workers, video_timeout)
             reporter.total("videos", result.videos)
             reporter.advance("videos", len(rows) - len(todo) + len(failures))

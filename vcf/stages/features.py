@@ -32,7 +32,7 @@ class InputMode:
 
 MODES: dict[str, InputMode] = {
     "images": InputMode(features_from_images, ("rootpath", "fast_decode", "decode_on_device", "compile_model")),
-    "videos": InputMode(features_from_videos, ("rootpath", "selection", "video_timeout")),
+    "videos": InputMode(features_from_videos, ("rootpath", "selection", "video_timeout", "shots", "keyframe")),
     "csv": InputMode(features_from_csv, ("l2_normalize", "dtype", "selection", "video_timeout")),
 }
 # Why an option given to a mode that does not take it is refused.
@@ -42,6 +42,8 @@ REFUSALS: dict[str, str] = {
     "compile_model": "--compile applies to JPEG frames with the local engine",
     "l2_normalize": "--l2-normalize applies to --csv runs (BigFiles hold float32)",
     "dtype": "--dtype applies to --csv runs (BigFiles hold float32)",
+    "shots": "--shots applies to --from-video; frame files sampled by shot come from `vcf frames --shots`",
+    "keyframe": "--keyframe applies to --from-video --shots",
     **{key: f"--{key.replace('_', '-')} applies when decoding videos; add --from-video" for key in VIDEO_OPTIONS},
 }
 
@@ -78,6 +80,9 @@ def features(
     fast_decode: bool = False,
     decode_on_device: bool = False,
     compile_model: bool = False,
+    shots: bool = False,
+    keyframe: bool = False,
+    resize_backend: str = "default",
 ) -> FeaturesResult:
     """Computes CNN features of the frames listed in ``id.imagepath.txt``, or straight from videos.
 
@@ -101,7 +106,8 @@ def features(
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         weights: A local state_dict or checkpoint to use instead of the model's published weights.
         rootpath: Where named collections live.
-        overwrite: Replace outputs made with other settings.
+        overwrite: Recompute and replace the outputs, even up-to-date ones or ones made with other settings
+            (outputs whose inputs changed since are recomputed without it).
         progress: Receives ``images`` progress events.
         shard: ``K/N``: compute only shard K (from 0) of N, whole videos, into part BigFiles under
             ``FeatureData/.vcf-shards/``; :func:`vcf.merge` assembles them once all N are done.
@@ -127,6 +133,11 @@ def features(
             (recorded in the manifest).
         compile_model: Frames, local engine: run the model through ``torch.compile`` (a one-time
             compilation per batch shape, then faster kernels, mostly on GPUs; recorded in the manifest).
+        shots: With ``from_video``: sample inside each shot of ``id.shots.txt``, ids ``<shot_id>_<n>``.
+        keyframe: With ``shots``: the middle frame of each shot only.
+        resize_backend: ``default`` (torchvision's fast uint8 kernel for bilinear resizing) or ``pil``
+            (the reference pipeline exactly: PIL's resize, as the published transforms do; recorded in the
+            manifest). See :data:`vcf.io.preprocess.RESIZE_BACKENDS`.
 
     Returns:
         A FeaturesResult (in a shard run, ``feature_dirs`` are the part directories; in a CSV run a
@@ -153,6 +164,8 @@ def features(
         "fast_decode": fast_decode,
         "decode_on_device": decode_on_device,
         "compile_model": compile_model,
+        "shots": shots,
+        "keyframe": keyframe,
         "l2_normalize": l2_normalize,
         "dtype": dtype,
         "fps": fps,
@@ -187,6 +200,7 @@ def features(
         shard=shard,
         engine=engine,
         ray_address=ray_address,
+        resize_backend=resize_backend,
     )
     options: dict[str, Any] = {
         "rootpath": rootpath,

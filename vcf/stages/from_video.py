@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vcf.errors import VcfError
+from vcf.errors import CollectionError, VcfError
 from vcf.io import collection as layout
 from vcf.io.atomic import OutputLock, clean_stale_temps, remove_path
 from vcf.io.collection import Collection, videos_digest
+from vcf.io.shotlist import CollectionShots, read_shots_index
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
 from vcf.run.jobs import VideoRows
@@ -54,9 +56,12 @@ class VideoParts:
     their row ranges and the failed videos with their reasons.
     """
 
-    def __init__(self, store: WorkStore, layers: Sequence[str]) -> None:
+    def __init__(
+        self, store: WorkStore, layers: Sequence[str], frame_id: Callable[[str, int], str] = Collection.frame_id
+    ) -> None:
         self.store = store
         self.layers = list(layers)
+        self.frame_id = frame_id  # row ids: ``<vid>_<n>``, or ``<shot_id>_<n>`` with shots
         self.rows: dict[str, tuple[str, int, int]] = {}
         self.failed: dict[str, str] = {}
         self.next_part = 0
@@ -119,12 +124,12 @@ class VideoParts:
         return self._arrays[(part, key)]
 
     def layer_rows(self, layer: str, order: Sequence[str]) -> Iterable[tuple[list[str], np.ndarray]]:
-        """The ids ``<vid>_<n>`` and rows of ``layer`` of the videos in ``order``, a video at a time."""
+        """The ids (``<vid>_<n>`` or ``<shot_id>_<n>``) and rows of ``layer`` of the videos in ``order``, by video."""
         for video in order:
             if video in self.rows:
                 part, start, stop = self.rows[video]
                 frames = self._array(part, "frames")[start:stop]
-                ids = [Collection.frame_id(video, int(n)) for n in frames]
+                ids = [self.frame_id(video, int(n)) for n in frames]
                 yield ids, self._array(part, f"layer:{layer}")[start:stop]
 
 
@@ -136,6 +141,8 @@ def features_from_videos(
     rootpath: str | os.PathLike[str] | None = None,
     video_timeout: float | None = None,
     progress: ProgressCallback | None = None,
+    shots: bool = False,
+    keyframe: bool = False,
 ) -> FeaturesResult:
     """Computes features of the videos in ``VideoData/`` without writing frame files.
 
@@ -154,7 +161,9 @@ def features_from_videos(
         rootpath: Where named collections live.
         video_timeout: Seconds a decoder may go without producing anything before its video is failed.
         progress: Receives ``videos`` and ``frames`` (or ``clips``) events.
-
+        shots: 2D: sample inside each shot of ``id.shots.txt`` as ``vcf frames --shots`` does; ids
+            ``<shot_id>_<n>``, so that ``pool`` gives one row per shot.
+        keyframe: With ``shots``, the middle frame of each shot only.
     """
     if run.batch_size < 1:
         raise VcfError("--batch-size must be >= 1")
@@ -163,8 +172,17 @@ def features_from_videos(
 
     record = get_model(run.model)
     clips, sampling = selection.resolve(record, default_fps=None)
-    spec = decode_spec(record, sampling, clips, run.oversample, run.batch_size)
+    spec = decode_spec(record, sampling, clips, run.oversample, run.batch_size, run.resize_backend)
     coll = layout.resolve_collection(collection, rootpath)
+    frame_id = Collection.frame_id
+    if shots or keyframe:
+        if not shots or clips is not None:
+            raise VcfError("--keyframe needs --shots, and --shots samples frames for 2D models")
+        if not coll.shots_file.is_file():
+            raise CollectionError(f"{coll.shots_file} not found: run `vcf shots {coll.root}` first")
+        sampling = CollectionShots(sampling, read_shots_index(coll.shots_file), keyframe)  # type: ignore[assignment]
+        spec = replace(spec, sampling=sampling)
+        frame_id = sampling.frame_id
     videos, failures = discover_videos(coll)
     if not videos and not failures:
         raise VcfError(f"no video files in {coll.video_dir}")
@@ -220,7 +238,7 @@ def features_from_videos(
                     remove_path(part)  # a part appears only once its shard completes
                 failures_path = coll.shard_failures_file(shard_spec.name)
             store = WorkStore(coll.work_dir(digest(work), None if shard_spec is None else shard_spec.name), work)
-            done = VideoParts(store, layers)
+            done = VideoParts(store, layers, frame_id)
             ids = list(videos)
             todo = [video for video in ids if not done.done(video)]
             reporter = Reporter(progress)

@@ -73,6 +73,8 @@ def features_from_images(
             run.oversample,
             fast_decode=fast_decode,
             decode_device=str(torch_device) if decode_on_device else None,
+            antialias=pre.antialias,
+            resize_backend=run.resize_backend,
         )
         settings = {
             "model": record.name,
@@ -89,6 +91,7 @@ def features_from_images(
                 "index": coll.imagepath_file.name,
                 "sha256": hashlib.sha256(coll.imagepath_file.read_bytes()).hexdigest(),
                 "count": len(items),
+                "files_sha256": layout.files_digest(coll, [path for _, path in items]),  # the frames' sizes and mtimes
             },
         }
         if compile_model:  # absent otherwise, so that manifests of earlier runs still match

@@ -58,12 +58,14 @@ class RunOptions:
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         weights: A local weights file instead of the model's published weights.
-        overwrite: Replace outputs made with other settings (CSV: recompute existing files).
+        overwrite: Recompute and replace outputs, even up-to-date ones or ones made with other settings.
         shard: ``K/N``: compute only shard K (from 0) of N, whole videos. Collections: part BigFiles under
             ``FeatureData/.vcf-shards/`` that :func:`vcf.merge` assembles; CSV: disjoint .npy files, failures
             in ``<csv stem>.<K>-of-<N>.failures.txt``.
         engine: ``local`` or ``ray`` (see :data:`vcf.run.engines.ENGINES`).
         ray_address: The Ray cluster to use with ``engine="ray"`` (default: Ray's own choice).
+        resize_backend: ``default`` (torchvision's fast uint8 kernel for bilinear resizing) or ``pil`` (the
+            reference pipeline exactly; see :data:`vcf.io.preprocess.RESIZE_BACKENDS`).
     """
 
     model: str
@@ -78,6 +80,7 @@ class RunOptions:
     shard: str | Shard | None = None
     engine: str = "local"
     ray_address: str | None = None
+    resize_backend: str = "default"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", list(dict.fromkeys(self.layers)))

@@ -14,7 +14,8 @@ import torch
 from torchvision.transforms.v2 import functional as tvf
 
 from vcf.errors import VcfError
-from vcf.io.preprocess import FrameTransform
+from vcf.io.preprocess import FrameTransform, resize_without_antialias
+from vcf.io.shotlist import CollectionShots
 from vcf.io.video import decode_selected
 from vcf.model_kinds import KINDS, model_kind
 from vcf.models.inference import Normalization
@@ -160,7 +161,7 @@ class ExactResizeCrop:
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB to (1, 3, crop, crop) uint8."""
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        image = tvf.resize(image, list(self.size), interpolation=self.interpolation, antialias=False)
+        image = resize_without_antialias(image, self.size, self.interpolation)
         return tvf.center_crop(image, [self.crop, self.crop]).unsqueeze(0).contiguous()
 
 
@@ -176,6 +177,8 @@ class DecodeSpec:
         oversample: Ten crops per frame (2D only).
         clips: Clip settings (3D models), None for per-frame items.
         batch_size: Most items per message.
+        antialias: False when the model's reference resizes without antialiasing.
+        resize_backend: See :data:`vcf.io.preprocess.RESIZE_BACKENDS`.
     """
 
     sampling: Sampling
@@ -185,6 +188,8 @@ class DecodeSpec:
     oversample: bool
     clips: ClipSettings | None
     batch_size: int
+    antialias: bool = True
+    resize_backend: str = "default"
 
     def transform(self) -> FrameTransform | ExactResizeCrop:
         """The per-frame transform: RGB uint8 (H, W, 3) to (views, 3, crop, crop) uint8."""
@@ -192,17 +197,33 @@ class DecodeSpec:
             if self.oversample:
                 raise VcfError("ten-crop oversampling needs a model resized by its shorter side")
             return ExactResizeCrop(tuple(self.resize), self.crop, self.interpolation)  # type: ignore[arg-type]
-        return FrameTransform(self.resize, self.crop, self.interpolation, self.oversample)
+        return FrameTransform(
+            self.resize,
+            self.crop,
+            self.interpolation,
+            self.oversample,
+            antialias=self.antialias,
+            resize_backend=self.resize_backend,
+        )
 
 
 def decode_spec(
-    record: Any, sampling: Sampling, clips: ClipSettings | None, oversample: bool, batch: int
+    record: Any,
+    sampling: Sampling,
+    clips: ClipSettings | None,
+    oversample: bool,
+    batch: int,
+    resize_backend: str = "default",
 ) -> DecodeSpec:
     if clips is not None and oversample:
         raise VcfError("--oversample is for 2D models")
     pre = record.preprocess
     resize = tuple(pre.resize) if isinstance(pre.resize, (tuple, list)) else int(pre.resize)
-    return DecodeSpec(sampling, resize, int(pre.crop), pre.interpolation, oversample, clips, batch)  # type: ignore[arg-type]
+    spec = DecodeSpec(
+        sampling, resize, int(pre.crop), pre.interpolation, oversample, clips, batch, pre.antialias, resize_backend
+    )  # type: ignore[arg-type]
+    spec.transform()  # refuses an unknown backend before any work starts
+    return spec
 
 
 def video_preprocessing(record: Any, spec: DecodeSpec) -> dict[str, Any]:
@@ -247,7 +268,10 @@ def decode_items(path: Path, spec: DecodeSpec) -> Iterator[tuple[int, torch.Tens
     Raises:
         VideoError: The video cannot be decoded.
     """
-    _, frames = decode_selected(path, spec.sampling)
+    sampling = spec.sampling
+    if isinstance(sampling, CollectionShots):
+        sampling = sampling.for_video(path.stem)  # type: ignore[assignment]
+    _, frames = decode_selected(path, sampling)
     transform = spec.transform()
     pixels = ((n, transform(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))) for n, frame in frames)
     if spec.clips is None:
