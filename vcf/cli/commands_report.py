@@ -6,12 +6,13 @@ from pathlib import Path
 
 import typer
 
+from vcf.cli import options as opt
 from vcf.cli.app import app, run_stage
 
 
 @app.command("report")
 def report_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: opt.Collection,
     features: list[str] = typer.Argument(None, help="Features to show [default: every feature in FeatureData]."),
     output: Path = typer.Option(None, "--output", "-o", help="Report directory [default: COLLECTION/Report]."),
     page_size: int = typer.Option(100, "--page-size", help="Film strips (and neighbour rows) per page."),
@@ -20,10 +21,8 @@ def report_command(
     thumb_height: int = typer.Option(64, "--thumb-height", help="Thumbnail height in pixels."),
     thumb_format: str = typer.Option("webp", "--thumb-format", help="Thumbnail format: webp or jpeg."),
     workers: int = typer.Option(0, "--workers", help="Threads making thumbnails [default: one per core]."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
-    rootpath: Path = typer.Option(
-        None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
-    ),
+    quiet: opt.Quiet = False,
+    rootpath: opt.Rootpath = None,
 ) -> None:
     """Write a static HTML report of COLLECTION: open its index.html in any browser, offline.
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from vcf.cli import options as opt
 from vcf.cli.app import app, fail, out_console, run_stage, vcf_errors
-
-ROOTPATH_HELP = "Where named collections live (default: ~/VisualSearch)."
 
 
 class Aggregation(str, Enum):
@@ -31,7 +31,7 @@ class IndexKind(str, Enum):
 
 @app.command("search")
 def search_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: opt.Collection,
     feature: str = typer.Argument(..., help="Feature to search (a directory in FeatureData)."),
     queries: list[str] = typer.Argument(None, help="Queries: an image or video file, an id, or text."),
     more_features: list[str] = typer.Option(
@@ -47,8 +47,8 @@ def search_command(
     run_name: str = typer.Option("vcf", "--run-name", help="Run name in the TREC run file."),
     no_index: bool = typer.Option(False, "--no-index", help="Search exactly even when an index is up to date."),
     weights: Path = typer.Option(None, "--weights", help="Weights for encoding queries (default: the feature's)."),
-    device: str = typer.Option("cpu", "--device", help="Where query models run: cpu or cuda[:i]."),
-    rootpath: Path = typer.Option(None, "--rootpath", envvar="VCF_ROOTPATH", help=ROOTPATH_HELP),
+    device: Annotated[opt.Device, typer.Option("--device", help="Where query models run.")] = "cpu",  # type: ignore[assignment]
+    rootpath: opt.Rootpath = None,
 ) -> None:
     """Rank the shots, videos or frames of a feature against each query.
 
@@ -105,12 +105,12 @@ def search_command(
 
 @app.command("index")
 def index_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: opt.Collection,
     feature: str = typer.Argument(..., help="Feature to index (a directory in FeatureData)."),
     kind: IndexKind = typer.Option(IndexKind.auto, "--kind", help="exact, ivf, or auto (by size)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even when the index is up to date."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    rootpath: Path = typer.Option(None, "--rootpath", envvar="VCF_ROOTPATH", help=ROOTPATH_HELP),
+    quiet: opt.Quiet = False,
+    rootpath: opt.Rootpath = None,
 ) -> None:
     """Build a nearest-neighbour index of a feature under IndexData/<feature>/ for `vcf search`.
 
