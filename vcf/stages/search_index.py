@@ -6,6 +6,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,50 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, np.float32(1e-12))
+
+
+def inner_products(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Scores of every row of ``matrix`` against one ``vector`` (float32, exact).
+
+    faiss' SIMD kernel on one thread reads the rows at memory speed: about 3x faster than numpy's BLAS
+    matrix-vector product on the same contiguous rows (7 ms against 20 ms for 100,000 x 512 on 2 busy cores).
+    """
+    import faiss
+
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    vector = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+    if matrix.ndim != 2 or matrix.shape[1] != len(vector):
+        raise VcfError(f"cannot score a {len(vector)}-d vector against rows of shape {matrix.shape}")
+    scores = np.empty(len(matrix), dtype=np.float32)
+    faiss.fvec_inner_products_ny(
+        faiss.swig_ptr(scores), faiss.swig_ptr(vector), faiss.swig_ptr(matrix), len(vector), len(matrix)
+    )
+    return scores
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores`` (each row of a 2-d array), best first."""
+    k = min(k, scores.shape[-1])
+    part = np.argpartition(scores, scores.shape[-1] - k, axis=-1)[..., -k:]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=-1), axis=-1, kind="stable")
+    return np.take_along_axis(part, order, axis=-1)
+
+
+@contextmanager
+def faiss_threads(count: int) -> Iterator[None]:
+    """Runs faiss with ``count`` OpenMP threads, then restores the previous count.
+
+    One query is best answered on one thread: splitting it costs an OpenMP barrier per search, which on busy
+    cores takes longer than the search itself (a probed IVF query: 0.1 ms on one thread, tens of ms on two).
+    """
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def iter_normalized(bigfile: BigFile, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
@@ -115,11 +160,18 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return float(np.mean(hits)) / k
 
 
-def tune_nprobe(index: Any, matrix: np.ndarray, queries: np.ndarray, k: int = 10) -> tuple[int, float]:
-    """The smallest probe count whose recall@k against exact search reaches :data:`TARGET_RECALL`."""
-    truth = np.argsort(-(queries @ matrix.T), axis=1)[:, :k]
+def tune_nprobe(
+    index: Any, matrix: np.ndarray, queries: np.ndarray, k: int = 10, max_nprobe: int | None = None
+) -> tuple[int, float]:
+    """The smallest probe count whose recall@k against exact search reaches :data:`TARGET_RECALL`.
+
+    Stops at ``max_nprobe`` (default: the last of :data:`NPROBE_STEPS`) or at every list, and then returns the
+    last count tried and its recall.
+    """
+    truth = top_rows(queries @ matrix.T, k)
+    limit = min(index.nlist, max_nprobe or NPROBE_STEPS[-1])
     nprobe, recall = 1, 0.0
-    for nprobe in (n for n in NPROBE_STEPS if n <= index.nlist):
+    for nprobe in [n for n in NPROBE_STEPS if n < limit] + [limit]:
         index.nprobe = nprobe
         _, found = index.search(queries, k)
         recall = recall_at(found, truth, k)
@@ -201,13 +253,15 @@ def index(
             built = build_ivf(matrix)
             rng = np.random.default_rng(SEED)
             probes = matrix[rng.choice(len(matrix), size=min(len(matrix), RECALL_PROBES), replace=False)]
-            nprobe, recall = tune_nprobe(built, matrix, probes)
+            # auto rejects an index needing more than MAX_PROBED_SHARE of its lists: no need to probe further.
+            most = max(1, int(built.nlist * MAX_PROBED_SHARE)) if kind == "auto" else None
+            nprobe, recall = tune_nprobe(built, matrix, probes, max_nprobe=most)
             built.nprobe = nprobe
             settings.update(lists=int(built.nlist), nprobe=nprobe, recall_at_10=round(recall, 4))
             if kind == "auto" and (recall < TARGET_RECALL or nprobe > built.nlist * MAX_PROBED_SHARE):
                 # Vectors without cluster structure: IVF would scan most lists for the recall asked, so an
                 # exact index is as fast and exact.
-                settings["exact_because"] = f"ivf needed nprobe {nprobe} of {built.nlist} lists for recall {recall:.3f}"
+                settings["exact_because"] = f"ivf reached recall {recall:.3f} at nprobe {nprobe} of {built.nlist} lists"
                 chosen, built = "exact", build_exact(bigfile.ndims, iter([matrix]))
         reporter.advance("rows", bigfile.nr_of_images)
         seconds = time.perf_counter() - started
