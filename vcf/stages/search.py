@@ -14,7 +14,7 @@ from vcf.io.atomic import atomic_write_text
 from vcf.io.bigfile import BigFile, open_feature
 from vcf.io.collection import Collection, read_imagepath, resolve_collection
 from vcf.progress import ProgressCallback, Reporter
-from vcf.stages.search_index import faiss_threads, inner_products, load_index, normalize_rows
+from vcf.stages.search_index import faiss_threads, inner_products, is_approximate, load_index, normalize_rows
 from vcf.stages.search_query import QueryEncoder, id_vector, query_kind
 
 AGGREGATIONS = ("max", "mean")
@@ -90,9 +90,9 @@ class FeatureSpace:
         self.aggregate = (aggregate or "max") if self.frame_level else None
         self._matrix: np.ndarray | None = None
         loaded = load_index(coll, feature, self.bigfile) if use_index else None
-        # Only an approximate index (it has probes) is searched through faiss; an exact one gives the same
-        # scores as inner_products over the rows in memory, which also serves frame aggregation.
-        self.index = loaded if hasattr(loaded, "nprobe") else None
+        # Only an approximate index is searched through faiss; an exact one gives the same scores as
+        # inner_products over the rows in memory, which also serves frame aggregation.
+        self.index = loaded if is_approximate(loaded) else None
         self.groups: dict[str, np.ndarray] = {}
         if self.frame_level:
             names, inverse = np.unique([group_of(i) for i in self.ids], return_inverse=True)
