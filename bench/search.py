@@ -44,7 +44,7 @@ from vcf.stages.search_index import (
 SINGLE_QUERIES = 30
 BATCH = 100
 BATCHES = 3
-IVF_SWEEP = (1, 8, 32, 128)
+IVF_SWEEP = (1, 8, 16, 32, 64, 128)
 EF_SWEEP = (16, 32, 64, 128, 256, 512)
 BLOCK = 100_000
 
@@ -139,11 +139,13 @@ def exact_rows(kind: str, data: np.ndarray, queries: np.ndarray) -> list[list[ob
     ]
 
 
-def ivf_rows(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> tuple[list[list[object]], str]:
+def ivf_rows(
+    kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
+) -> tuple[list[list[object]], str]:
     """The IVF index `vcf index` builds (auto: tuned, kept or refused), then a probe sweep."""
     rows, dim = data.shape
     started = time.perf_counter()
-    ivf = build_ivf(data)
+    ivf = build_ivf(data, args.ivf_lists, args.ivf_quantizer_links)
     rng = np.random.default_rng(SEED)
     probes = data[rng.choice(rows, size=RECALL_PROBES, replace=False)]
     most = max(1, int(ivf.nlist * MAX_PROBED_SHARE))
@@ -156,7 +158,8 @@ def ivf_rows(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray
         ivf.nprobe = probe_count
         _, found = ivf.search(queries, 10)
         tuned = probe_count == nprobe
-        label = f"IVF{ivf.nlist}, nprobe {probe_count}" + (f" (tuned; auto keeps {kept})" if tuned else "")
+        name = f"IVF{ivf.nlist}" + (f"_HNSW{args.ivf_quantizer_links}" if args.ivf_quantizer_links else "")
+        label = f"{name}, nprobe {probe_count}" + (f" (tuned; auto keeps {kept})" if tuned else "")
         out.append(
             [
                 kind,
@@ -217,7 +220,7 @@ def run(kind: str, rows: int, args: argparse.Namespace) -> tuple[list[list[objec
         flush=True,
     )
     found = exact_rows(kind, data, queries)
-    ivf, summary = ivf_rows(kind, data, queries, truth)
+    ivf, summary = ivf_rows(kind, data, queries, truth, args)
     print(f"{kind}, {rows} rows: {summary}", flush=True)
     found += ivf
     if rows <= args.hnsw_max_rows:
@@ -233,6 +236,8 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", choices=("random", "clustered"), default=["random", "clustered"])
     parser.add_argument("--centres", type=int, default=4000, help="cluster centres of the clustered input")
     parser.add_argument("--noise", type=float, default=1.25, help="noise norm around a centre (unit centres)")
+    parser.add_argument("--ivf-lists", type=int, default=None, help="IVF lists (default: as vcf index)")
+    parser.add_argument("--ivf-quantizer-links", type=int, default=0, help="HNSW coarse quantizer links (0: flat)")
     parser.add_argument("--hnsw-max-rows", type=int, default=200_000, help="build HNSW graphs up to this size")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)

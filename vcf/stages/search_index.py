@@ -43,6 +43,8 @@ EF_SEARCH_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HNSW_LINKS = 32
 HNSW_EF_CONSTRUCTION = 40
 TRAIN_PER_LIST = 64
+# k-means cost grows with lists x training rows: above this many rows the lists get fewer (39 is faiss' minimum).
+TRAIN_MAX_ROWS = 160_000
 KMEANS_ITERATIONS = 10
 CHUNK_ROWS = 65_536
 SEED = 1234
@@ -142,19 +144,33 @@ def build_exact(dim: int, chunks: Iterator[np.ndarray]) -> Any:
     return index
 
 
-def build_ivf(matrix: np.ndarray, lists: int | None = None) -> Any:
-    """An IVF-flat inner-product index of normalized ``matrix``, trained on a fixed-seed sample of its rows."""
+def build_ivf(matrix: np.ndarray, lists: int | None = None, quantizer_links: int = 0) -> Any:
+    """An IVF-flat inner-product index of normalized ``matrix``, trained on a fixed-seed sample of its rows.
+
+    Args:
+        matrix: Normalized rows.
+        lists: IVF list count (default :func:`ivf_lists`).
+        quantizer_links: Above 0, the list centroids are searched through an HNSW graph with this many links
+            (k-means still assigns exactly), which makes adding and probing with thousands of lists cheap.
+    """
     import faiss
 
     rows, dim = matrix.shape
     lists = lists or ivf_lists(rows)
-    quantizer = faiss.IndexFlatIP(dim)
+    if quantizer_links:
+        quantizer = faiss.IndexHNSWFlat(dim, quantizer_links, faiss.METRIC_INNER_PRODUCT)
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+    flat = faiss.IndexFlatIP(dim)  # k-means assigns exactly; kept referenced here until training ends
+    if quantizer_links:
+        index.clustering_index = flat
     rng = np.random.default_rng(SEED)
-    sample = rng.choice(rows, size=min(rows, lists * TRAIN_PER_LIST), replace=False)
+    sample = rng.choice(rows, size=min(rows, lists * TRAIN_PER_LIST, TRAIN_MAX_ROWS), replace=False)
     index.cp.seed = SEED
     index.cp.niter = KMEANS_ITERATIONS
     index.train(np.ascontiguousarray(matrix[np.sort(sample)]))
+    index.clustering_index = None
     for start in range(0, rows, CHUNK_ROWS):
         index.add(np.ascontiguousarray(matrix[start : start + CHUNK_ROWS]))
     return index
