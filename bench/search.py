@@ -145,7 +145,7 @@ def ivf_rows(
     """The IVF index `vcf index` builds (auto: tuned, kept or refused), then a probe sweep."""
     rows, dim = data.shape
     started = time.perf_counter()
-    ivf = build_ivf(data, args.ivf_lists, args.ivf_quantizer_links)
+    ivf = build_ivf(data, args.ivf_lists)
     rng = np.random.default_rng(SEED)
     probes = data[rng.choice(rows, size=RECALL_PROBES, replace=False)]
     most = max(1, int(ivf.nlist * MAX_PROBED_SHARE))
@@ -158,8 +158,7 @@ def ivf_rows(
         ivf.nprobe = probe_count
         _, found = ivf.search(queries, 10)
         tuned = probe_count == nprobe
-        name = f"IVF{ivf.nlist}" + (f"_HNSW{args.ivf_quantizer_links}" if args.ivf_quantizer_links else "")
-        label = f"{name}, nprobe {probe_count}" + (f" (tuned; auto keeps {kept})" if tuned else "")
+        label = f"IVF{ivf.nlist}, nprobe {probe_count}" + (f" (tuned; auto keeps {kept})" if tuned else "")
         out.append(
             [
                 kind,
@@ -237,7 +236,6 @@ def main() -> None:
     parser.add_argument("--centres", type=int, default=4000, help="cluster centres of the clustered input")
     parser.add_argument("--noise", type=float, default=1.25, help="noise norm around a centre (unit centres)")
     parser.add_argument("--ivf-lists", type=int, default=None, help="IVF lists (default: as vcf index)")
-    parser.add_argument("--ivf-quantizer-links", type=int, default=0, help="HNSW coarse quantizer links (0: flat)")
     parser.add_argument("--hnsw-max-rows", type=int, default=200_000, help="build HNSW graphs up to this size")
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=40)

@@ -144,33 +144,19 @@ def build_exact(dim: int, chunks: Iterator[np.ndarray]) -> Any:
     return index
 
 
-def build_ivf(matrix: np.ndarray, lists: int | None = None, quantizer_links: int = 0) -> Any:
-    """An IVF-flat inner-product index of normalized ``matrix``, trained on a fixed-seed sample of its rows.
-
-    Args:
-        matrix: Normalized rows.
-        lists: IVF list count (default :func:`ivf_lists`).
-        quantizer_links: Above 0, the list centroids are searched through an HNSW graph with this many links
-            (k-means still assigns exactly), which makes adding and probing with thousands of lists cheap.
-    """
+def build_ivf(matrix: np.ndarray, lists: int | None = None) -> Any:
+    """An IVF-flat inner-product index of normalized ``matrix``, trained on a fixed-seed sample of its rows."""
     import faiss
 
     rows, dim = matrix.shape
     lists = lists or ivf_lists(rows)
-    if quantizer_links:
-        quantizer = faiss.IndexHNSWFlat(dim, quantizer_links, faiss.METRIC_INNER_PRODUCT)
-    else:
-        quantizer = faiss.IndexFlatIP(dim)
+    quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-    flat = faiss.IndexFlatIP(dim)  # k-means assigns exactly; kept referenced here until training ends
-    if quantizer_links:
-        index.clustering_index = flat
     rng = np.random.default_rng(SEED)
     sample = rng.choice(rows, size=min(rows, lists * TRAIN_PER_LIST, TRAIN_MAX_ROWS), replace=False)
     index.cp.seed = SEED
     index.cp.niter = KMEANS_ITERATIONS
     index.train(np.ascontiguousarray(matrix[np.sort(sample)]))
-    index.clustering_index = None
     for start in range(0, rows, CHUNK_ROWS):
         index.add(np.ascontiguousarray(matrix[start : start + CHUNK_ROWS]))
     return index
