@@ -139,7 +139,7 @@ def test_approximate_index_from_the_cli_finds_the_exact_top_10_of_most_queries(t
     root = tmp_path / "coll"
     rng = np.random.default_rng(11)
     centres = unit(rng.normal(size=(80, 48)))
-    values = centres[rng.integers(0, 80, 4000)] + 1.0 * rng.normal(size=(4000, 48)) / np.sqrt(48)
+    values = centres[rng.integers(0, 80, 4000)] + 1.5 * rng.normal(size=(4000, 48)) / np.sqrt(48)
     values = values.astype(np.float32)
     ids = [f"v{n}" for n in range(4000)]
     make_feature(root, "clustered,x", ids, values, "video")
@@ -160,6 +160,8 @@ def test_approximate_index_from_the_cli_finds_the_exact_top_10_of_most_queries(t
         found = {hit.id for hit in result.results}
         recalls.append(len(found & truth) / 10)
         exact_matches += found == truth
+    # Untuned, these indexes miss (IVF probing 1 to 4 of its 64 lists: recall 0.66 to 0.80; HNSW at efSearch 1:
+    # 37 of 60 queries exact): the probe count / efSearch tuned by `vcf index` is what passes.
     assert np.mean(recalls) >= 0.95
     assert exact_matches >= 0.8 * len(queries)
 
