@@ -27,6 +27,7 @@ class IndexKind(str, Enum):
     auto = "auto"
     exact = "exact"
     ivf = "ivf"
+    hnsw = "hnsw"
 
 
 @app.command("search")
@@ -107,7 +108,7 @@ def search_command(
 def index_command(
     collection: opt.Collection,
     feature: str = typer.Argument(..., help="Feature to index (a directory in FeatureData)."),
-    kind: IndexKind = typer.Option(IndexKind.auto, "--kind", help="exact, ivf, or auto (by size)."),
+    kind: IndexKind = typer.Option(IndexKind.auto, "--kind", help="exact, ivf, hnsw, or auto (by size)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even when the index is up to date."),
     quiet: opt.Quiet = False,
     rootpath: opt.Rootpath = None,

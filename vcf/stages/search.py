@@ -14,7 +14,7 @@ from vcf.io.atomic import atomic_write_text
 from vcf.io.bigfile import BigFile, open_feature
 from vcf.io.collection import Collection, read_imagepath, resolve_collection
 from vcf.progress import ProgressCallback, Reporter
-from vcf.stages.search_index import load_index, normalize_rows
+from vcf.stages.search_index import faiss_threads, inner_products, is_approximate, load_index, normalize_rows
 from vcf.stages.search_query import QueryEncoder, id_vector, query_kind
 
 AGGREGATIONS = ("max", "mean")
@@ -90,9 +90,9 @@ class FeatureSpace:
         self.aggregate = (aggregate or "max") if self.frame_level else None
         self._matrix: np.ndarray | None = None
         loaded = load_index(coll, feature, self.bigfile) if use_index else None
-        # Only an IVF index (it has probes) is searched through faiss: faiss scans a flat index on one thread
-        # per query, while one BLAS product over the rows gives the same exact result several times faster.
-        self.index = loaded if hasattr(loaded, "nprobe") else None
+        # Only an approximate index is searched through faiss; an exact one gives the same scores as
+        # inner_products over the rows in memory, which also serves frame aggregation.
+        self.index = loaded if is_approximate(loaded) else None
         self.groups: dict[str, np.ndarray] = {}
         if self.frame_level:
             names, inverse = np.unique([group_of(i) for i in self.ids], return_inverse=True)
@@ -122,14 +122,16 @@ class FeatureSpace:
             raise VcfError(f"query vector has {vector.shape[1]} dims; feature {self.feature} has {self.bigfile.ndims}")
         if not self.frame_level:
             if self.index is not None:
-                scores, rows = self.index.search(vector, min(depth, len(self.ids)))
+                with faiss_threads(1):
+                    scores, rows = self.index.search(vector, min(depth, len(self.ids)))
                 return [Hit(self.ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
-            scores = self.matrix @ vector[0]
+            scores = inner_products(self.matrix, vector[0])
             top = _top(scores, depth, self.ids)
             return [Hit(self.ids[r], float(scores[r])) for r in top]
         if self.index is not None:
             wanted = min(len(self.ids), depth * CANDIDATES_PER_RESULT)
-            _, rows = self.index.search(vector, wanted)
+            with faiss_threads(1):
+                _, rows = self.index.search(vector, wanted)
             candidates = np.unique(self.group_of_row[rows[0][rows[0] >= 0]])
         else:
             candidates = np.arange(len(self.group_names))
@@ -139,12 +141,12 @@ class FeatureSpace:
         """Scores the frames of the ``candidates`` groups and reduces them per group (one vectorized pass)."""
         if len(candidates) == len(self.group_names):
             rows, starts = self.group_order, self.group_starts
-            scores = (self.matrix @ vector)[rows]
+            scores = inner_products(self.matrix, vector)[rows]
         else:
             parts = [self.groups[self.group_names[g]] for g in candidates]
             rows = np.concatenate(parts)
             starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]).astype(np.int64)
-            scores = self.matrix[rows] @ vector
+            scores = inner_products(self.matrix[rows], vector)
         ends = np.append(starts[1:], len(rows))
         if self.aggregate == "max":
             group_scores = np.maximum.reduceat(scores, starts)
