@@ -20,7 +20,9 @@ from vcf.io.bigfile import BigFile, BigFileWriter
 from vcf.io.collection import PART_RECORD, Collection, videos_digest
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.partition import Shard, assign_videos, video_key
-from vcf.stages.frames import VideoFrames, discover_videos, write_indexes
+from vcf.sampling import Sampling
+from vcf.stages.frame_files import FrameSettings, discover_videos
+from vcf.stages.frames import FRAME_UNITS
 from vcf.stages.outputs import bigfile_ok, read_part_manifest
 
 # Manifest fields that describe one file rather than the computation; they differ between a part and the whole.
@@ -160,35 +162,33 @@ def _missing_error(what: str, missing: list[str], command: str) -> VcfError:
 def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
     root = coll.frames_shard_root
     count = _shard_count(root, "frames")
-    videos, naming = discover_videos(coll)
+    first = _read_record(coll.frames_part_dir(Shard(0, count).name) / PART_RECORD) or {}
+    # The parts say which kind of unit they hold (a video's frames, or its frames grouped by shot).
+    units = FRAME_UNITS[first.get("units", "videos")](FrameSettings(Sampling()), coll, bool(first.get("keyframe")))
+    videos, naming = units.discover(coll)
     expected = assign_videos(videos, count)
     records: list[dict[str, Any]] = []
     missing: list[str] = []
     for index in range(count):
         spec = Shard(index, count)
-        try:
-            record = json.loads((coll.frames_part_dir(spec.name) / PART_RECORD).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        record = _read_record(coll.frames_part_dir(spec.name) / PART_RECORD)
+        if record is None:
             missing.append(f"{spec} {_lock_state([coll.frames_shard_lock(spec.name)])}")
             continue
-        if record.get("videos") != expected[index]:
+        if record.get("videos") != expected[index] or record.get("units", "videos") != units.name:
             missing.append(f"{spec} was run over other videos (VideoData changed since); rerun it")
             continue
         records.append(record)
     if missing:
         raise _missing_error("frames", missing, f"vcf frames {coll.root} --shard K/{count}")
-    for key in ("settings", "relative_paths"):
-        if len({json.dumps(r[key], sort_keys=True) for r in records}) > 1:
+    for key in ("units", "settings", "relative_paths"):
+        if len({json.dumps(r.get(key), sort_keys=True) for r in records}) > 1:
             raise VcfError(f"cannot merge frames: the shards were run with different {key.replace('_', ' ')}")
 
     def write() -> None:
         with OutputLock(coll.frames_lock):
-            done = {
-                video_id: VideoFrames(**{**data, "frames": tuple(data["frames"])})
-                for record in records
-                for video_id, data in record["done"].items()
-            }
-            total = write_indexes(coll, videos, done, bool(records[0]["relative_paths"]))
+            done = {video_id: units.from_json(data) for record in records for video_id, data in record["done"].items()}
+            total = units.write_indexes(coll, videos, done, bool(records[0]["relative_paths"]))
             failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
             layout.write_failures(coll.failures_file("frames"), failures)  # type: ignore[arg-type]
             reporter.advance("rows", len(videos), description="frames")
@@ -198,6 +198,13 @@ def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tu
         result.failures["frames"] = len(failures)
 
     return len(videos), write
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def plan_feature(
