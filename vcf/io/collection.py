@@ -22,6 +22,7 @@ SHARD_DIR = ".vcf-shards"
 WORK_PREFIX = ".vcf-work-"
 FEATURES_LOCK_PREFIX = ".vcf-features-"
 PART_RECORD = "part.json"
+SHOTS_LOCK = ".vcf-shots.lock"
 
 
 def default_rootpath() -> Path:
@@ -161,6 +162,22 @@ class Collection:
 
     def frames_shard_lock(self, shard: str) -> Path:
         return self.frames_shard_root / f".{shard}.lock"
+
+    @property
+    def shots_lock(self) -> Path:
+        return self.root / SHOTS_LOCK
+
+    @property
+    def shots_shard_root(self) -> Path:
+        """Where the shards of ``vcf shots`` write their parts: ``.vcf-shards/shots/``."""
+        return self.shard_root / "shots"
+
+    def shots_part_dir(self, shard: str) -> Path:
+        """The part of shots shard ``shard`` (``<K>-of-<N>``): ``.vcf-shards/shots/<K>-of-<N>/``."""
+        return self.shots_shard_root / shard
+
+    def shots_shard_lock(self, shard: str) -> Path:
+        return self.shots_shard_root / f".{shard}.lock"
 
     @property
     def feature_shard_root(self) -> Path:

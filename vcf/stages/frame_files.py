@@ -178,7 +178,6 @@ def _decoded_count(container_count: int, kept: list[int]) -> int:
     return container_count if container_count > 0 else kept[-1] + 1
 
 
-
 def remove_temps_of(directory: Path, video_ids: Iterable[str]) -> None:
     """Removes the temporary frame directories of these videos."""
     wanted = set(video_ids)
@@ -233,7 +232,6 @@ def write_indexes(coll: Collection, videos: dict[str, Path], done: dict[str, Vid
     layout.write_id_list(coll.videoset_file, video_ids)
     layout.write_imageset(coll, [frame_id for frame_id, _ in image_lines])
     return len(image_lines)
-
 
 
 class FrameUnits(Protocol):
