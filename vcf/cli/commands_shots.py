@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vcf.cli import options as opt
-from vcf.cli.app import app, report_failures, run_stage
+from vcf.cli.app import app, finish_videos, run_stage
 
 
 @app.command("shots")
@@ -65,19 +65,11 @@ def shots_command(
         workers=workers,
         overwrite=overwrite,
         video_timeout=video_timeout,
-        shard=shard,
-        engine=engine,
-        ray_address=ray_address,
+        **opt.scale_out(shard, engine, ray_address),
     )
-    if not quiet:
-        how = "read from --msb" if result.source == "msb" else f"TransNetV2, {result.precision}"
-        typer.echo(
-            f"{result.shots_total} shots of {result.videos - len(result.failures)} videos in {result.collection} "
-            f"({how}; {result.detected} done now, {result.skipped} already complete)",
-            err=True,
-        )
-    if not quiet:
-        opt.shard_note(shard, collection)
-    report_failures(result.failures, result.failures_file, quiet, what="video")
-    if result.failures:
-        raise typer.Exit(1)
+    how = "read from --msb" if result.source == "msb" else f"TransNetV2, {result.precision}"
+    summary = (
+        f"{result.shots_total} shots of {result.videos - len(result.failures)} videos in {result.collection} "
+        f"({how}; {result.detected} done now, {result.skipped} already complete)"
+    )
+    finish_videos(result, summary, quiet, shard, collection)

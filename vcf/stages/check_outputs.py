@@ -175,7 +175,9 @@ def check_shards(coll: Collection, feature: str | None, findings: Findings) -> N
     targets: list[tuple[str, Path, Callable[[], object]]] = []
     quiet = Reporter(None)
     if feature is None:
-        targets.append(("shots", coll.shots_shard_root, lambda: plan_shots(coll, MergeResult(coll.root), quiet)))
+        targets.append(
+            ("shots", coll.stage_shard_root("shots"), lambda: plan_shots(coll, MergeResult(coll.root), quiet))
+        )
         targets.append(("frames", coll.frames_shard_root, lambda: plan_frames(coll, MergeResult(coll.root), quiet)))
     root = coll.feature_shard_root
     names = [feature] if feature is not None else sorted(p.name for p in root.iterdir()) if root.is_dir() else []

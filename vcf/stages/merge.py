@@ -91,7 +91,7 @@ def merge(
     coll = layout.resolve_collection(collection, rootpath)
     reporter = Reporter(progress)
     result = MergeResult(collection=coll.root)
-    do_shots = feature is None and has_parts(coll.shots_shard_root)
+    do_shots = feature is None and has_parts(coll.stage_shard_root("shots"))
     do_frames = feature is None and has_parts(coll.frames_shard_root)
     if feature is not None:
         coll.feature_dir(feature)
@@ -172,7 +172,7 @@ def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tu
     units = FRAME_UNITS[first.get("units", "videos")](FrameSettings(Sampling()), coll, bool(first.get("keyframe")))
     videos, naming = units.discover(coll)
     expected = assign_videos(videos, count)
-    records = _video_parts("frames", expected, coll.frames_part_dir, coll.frames_shard_lock, coll.root)
+    records = _video_parts(coll, "frames", expected)
     for key in ("units", "settings", "relative_paths"):
         if len({json.dumps(r.get(key), sort_keys=True) for r in records}) > 1:
             raise VcfError(f"cannot merge frames: the shards were run with different {key.replace('_', ' ')}")
@@ -192,9 +192,7 @@ def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tu
     return len(videos), write
 
 
-def _video_parts(
-    stage: str, expected: list[list[str]], part_dir: Callable[[str], Path], lock: Callable[[str], Path], root: Path
-) -> list[dict[str, Any]]:
+def _video_parts(coll: Collection, stage: str, expected: list[list[str]]) -> list[dict[str, Any]]:
     """The part records of a stage whose units are videos, each shard's over the videos it was assigned.
 
     Raises:
@@ -205,23 +203,23 @@ def _video_parts(
     count = len(expected)
     for index in range(count):
         spec = Shard(index, count)
-        record = _read_record(part_dir(spec.name) / PART_RECORD)
+        record = _read_record(coll.stage_part_dir(stage, spec.name) / PART_RECORD)
         if record is None:
-            missing.append(f"{spec} {_lock_state([lock(spec.name)])}")
+            missing.append(f"{spec} {_lock_state([coll.stage_shard_lock(stage, spec.name)])}")
         elif record.get("videos") != expected[index]:
             missing.append(f"{spec} was run over other videos (VideoData changed since); rerun it")
         else:
             records.append(record)
     if missing:
-        raise _missing_error(stage, missing, f"vcf {stage} {root} --shard K/{count}")
+        raise _missing_error(stage, missing, f"vcf {stage} {coll.root} --shard K/{count}")
     return records
 
 
 def plan_shots(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
-    root = coll.shots_shard_root
+    root = coll.stage_shard_root("shots")
     count = _shard_count(root, "shots")
     videos, naming = discover_videos(coll)
-    records = _video_parts("shots", assign_videos(videos, count), coll.shots_part_dir, coll.shots_shard_lock, coll.root)
+    records = _video_parts(coll, "shots", assign_videos(videos, count))
     if len({json.dumps(r["manifest"], sort_keys=True) for r in records}) > 1:
         raise VcfError("cannot merge shots: the shards were run with different settings; rerun them alike")
 

@@ -132,8 +132,8 @@ def shots(
     spec = parse_scale_out(shard, engine, ray_address)
     reporter = Reporter(progress)
     result = ShotsResult(collection=coll.root, source="msb" if msb_dir else "transnetv2")
-    part_dir = None if spec is None else coll.shots_part_dir(spec.name)
-    lock = coll.shots_lock if spec is None else coll.shots_shard_lock(spec.name)
+    part_dir = None if spec is None else coll.stage_part_dir(STAGE, spec.name)
+    lock = coll.shots_lock if spec is None else coll.stage_shard_lock(STAGE, spec.name)
     with open_engine(engine, ray_address) as runner, OutputLock(lock):
         videos, naming = discover_videos(coll)
         if spec is not None and part_dir is not None:
