@@ -82,9 +82,10 @@ def apply_knobs(knobs: dict) -> None:
 
         vcf.stages.from_video.PART_VIDEOS = int(knobs["part_videos"])
     if "hang" in knobs or "crash" in knobs:
-        import vcf.stages.frames
+        import vcf.stages.frame_files
+        import vcf.stages.shotframes
 
-        modules = [vcf.stages.frames]
+        modules = [vcf.stages.frame_files, vcf.stages.shotframes]
         if "videofeatures" in knobs.get("modules", ()):
             import vcf.stages.videofeatures
 

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "vcf.stages.merge": 5,
     "vcf.stages.check": 5,
     "vcf.stages.check_outputs": 5,
+    "vcf.stages.check_shots": 5,
     "vcf.stages.features": 5,
     "vcf.cli": 6,
     "vcf.__main__": 7,

@@ -139,6 +139,18 @@ def report_failures(failures: Sequence[tuple[str, str]], failures_file: Any, qui
     typer.echo(f"{len(failures)} {what}(s) failed; see {failures_file}", err=True)
 
 
+def finish_videos(result: Any, summary: str, quiet: bool, shard: str | None, collection: str) -> None:
+    """Ends a command whose units are videos: the summary line and the shard's merge reminder (unless quiet),
+    the failed videos, and exit code 1 when some failed."""
+    if not quiet:
+        typer.echo(summary, err=True)
+        if shard is not None:
+            typer.echo(f"shard {shard} done; when all shards are, run: vcf merge {collection}", err=True)
+    report_failures(result.failures, result.failures_file, quiet, what="video")
+    if result.failures:
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the CLI (the ``vcf`` console script)."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="vcf")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from vcf.cli import options as opt
-from vcf.cli.app import app, report_failures, run_stage
+from vcf.cli.app import app, finish_videos, run_stage
 
 
 @app.command("frames")
@@ -61,20 +61,12 @@ def frames_command(
         relative_paths=relative_paths,
         overwrite=overwrite,
         video_timeout=video_timeout,
-        shard=shard,
-        engine=engine,
-        ray_address=ray_address,
+        **opt.scale_out(shard, engine, ray_address),
         shots=shots,
         keyframe=keyframe,
     )
-    if not quiet:
-        typer.echo(
-            f"{result.frames_total} frames of {result.videos - len(result.failures)} videos in {result.collection} "
-            f"({result.extracted} extracted, {result.skipped} already complete)",
-            err=True,
-        )
-    if not quiet:
-        opt.shard_note(shard, collection)
-    report_failures(result.failures, result.failures_file, quiet, what="video")
-    if result.failures:
-        raise typer.Exit(1)
+    summary = (
+        f"{result.frames_total} frames of {result.videos - len(result.failures)} videos in {result.collection} "
+        f"({result.extracted} extracted, {result.skipped} already complete)"
+    )
+    finish_videos(result, summary, quiet, shard, collection)

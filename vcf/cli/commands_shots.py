@@ -6,16 +6,13 @@ from pathlib import Path
 
 import typer
 
-from vcf.cli.app import app, report_failures, run_stage
-
-ROOTPATH_OPTION = typer.Option(
-    None, "--rootpath", envvar="VCF_ROOTPATH", help="Where named collections live [default: ~/VisualSearch]."
-)
+from vcf.cli import options as opt
+from vcf.cli.app import app, finish_videos, run_stage
 
 
 @app.command("shots")
 def shots_command(
-    collection: str = typer.Argument(..., help="Collection directory, or its name under --rootpath."),
+    collection: opt.Collection,
     threshold: float = typer.Option(0.5, "--threshold", help="Transition probability above which a frame is a cut."),
     min_duration: float = typer.Option(
         0.0, "--min-duration", help="Merge shots shorter than S seconds into a neighbour (TRECVID uses 2)."
@@ -28,12 +25,13 @@ def shots_command(
     workers: int = typer.Option(
         None, "--workers", help="Videos processed in parallel [default: one per 4 cores; 1 on a GPU]."
     ),
-    video_timeout: float = typer.Option(
-        None, "--video-timeout", help="Seconds one video may take before it is reported as hung."
-    ),
+    video_timeout: opt.VideoTimeout = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo every video, even complete ones."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
-    rootpath: Path = ROOTPATH_OPTION,
+    quiet: opt.Quiet = False,
+    rootpath: opt.Rootpath = None,
+    shard: opt.ShardSpec = None,
+    engine: opt.Engine = opt.EngineName.local,  # type: ignore[attr-defined]
+    ray_address: opt.RayAddress = None,
 ) -> None:
     """Find the shots of every video in COLLECTION/VideoData.
 
@@ -49,6 +47,8 @@ def shots_command(
         vcf shots toydata
         vcf shots iacc3 --msb ~/trecvid/msb
         vcf shots v3c --min-duration 2 --precision bf16
+        vcf shots v3c --shard 0/4   (... 3/4 on other machines, then: vcf merge v3c)
+        vcf shots v3c --engine ray --ray-address head-node:6379
     """
     from vcf.stages.shots import shots
 
@@ -65,14 +65,11 @@ def shots_command(
         workers=workers,
         overwrite=overwrite,
         video_timeout=video_timeout,
+        **opt.scale_out(shard, engine, ray_address),
     )
-    if not quiet:
-        how = "read from --msb" if result.source == "msb" else f"TransNetV2, {result.precision}"
-        typer.echo(
-            f"{result.shots_total} shots of {result.videos - len(result.failures)} videos in {result.collection} "
-            f"({how}; {result.detected} done now, {result.skipped} already complete)",
-            err=True,
-        )
-    report_failures(result.failures, result.failures_file, quiet, what="video")
-    if result.failures:
-        raise typer.Exit(1)
+    how = "read from --msb" if result.source == "msb" else f"TransNetV2, {result.precision}"
+    summary = (
+        f"{result.shots_total} shots of {result.videos - len(result.failures)} videos in {result.collection} "
+        f"({how}; {result.detected} done now, {result.skipped} already complete)"
+    )
+    finish_videos(result, summary, quiet, shard, collection)

@@ -88,6 +88,11 @@ Shots = Annotated[
 Keyframe = Annotated[bool, typer.Option("--keyframe", help="With --shots: the middle frame of each shot only.")]
 
 
+def scale_out(shard: str | None, engine: str, ray_address: str | None) -> dict[str, str | None]:
+    """The ``--shard``, ``--engine`` and ``--ray-address`` options as the stage functions' keyword arguments."""
+    return {"shard": shard, "engine": engine, "ray_address": ray_address}
+
+
 def shard_note(shard: str | None, collection: str) -> None:
     """Reminds that a shard's part is merged once every shard is done."""
     if shard is not None:

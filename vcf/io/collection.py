@@ -22,6 +22,7 @@ SHARD_DIR = ".vcf-shards"
 WORK_PREFIX = ".vcf-work-"
 FEATURES_LOCK_PREFIX = ".vcf-features-"
 PART_RECORD = "part.json"
+SHOTS_LOCK = ".vcf-shots.lock"
 
 
 def default_rootpath() -> Path:
@@ -150,17 +151,30 @@ class Collection:
     def frames_lock(self) -> Path:
         return self.root / FRAMES_LOCK
 
+    def stage_shard_root(self, stage: str) -> Path:
+        """Where the shards of a stage whose units are videos write their parts: ``.vcf-shards/<stage>/``."""
+        return self.shard_root / stage
+
+    def stage_part_dir(self, stage: str, shard: str) -> Path:
+        """The part of shard ``shard`` (``<K>-of-<N>``) of such a stage: ``.vcf-shards/<stage>/<K>-of-<N>/``."""
+        return self.stage_shard_root(stage) / shard
+
+    def stage_shard_lock(self, stage: str, shard: str) -> Path:
+        return self.stage_shard_root(stage) / f".{shard}.lock"
+
     @property
     def frames_shard_root(self) -> Path:
-        """Where the shards of ``vcf frames`` write their parts: ``.vcf-shards/frames/``."""
-        return self.shard_root / "frames"
+        return self.stage_shard_root("frames")
 
     def frames_part_dir(self, shard: str) -> Path:
-        """The part of frames shard ``shard`` (``<K>-of-<N>``): ``.vcf-shards/frames/<K>-of-<N>/``."""
-        return self.frames_shard_root / shard
+        return self.stage_part_dir("frames", shard)
 
     def frames_shard_lock(self, shard: str) -> Path:
-        return self.frames_shard_root / f".{shard}.lock"
+        return self.stage_shard_lock("frames", shard)
+
+    @property
+    def shots_lock(self) -> Path:
+        return self.root / SHOTS_LOCK
 
     @property
     def feature_shard_root(self) -> Path:

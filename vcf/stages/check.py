@@ -29,6 +29,7 @@ from vcf.stages.check_outputs import (
     read_lines,
     relative_name,
 )
+from vcf.stages.check_shots import check_shots
 
 
 def check(
@@ -38,9 +39,10 @@ def check(
     rootpath: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> CheckResult:
-    """Verifies a collection: frames against their records and the index files, features, leftovers.
+    """Verifies a collection: shots, frames against their records and the index files, features, leftovers.
 
-    Checks that every complete frame directory holds the frames its record lists (each a whole
+    Checks that ``id.shots.txt`` and ``ShotData/`` agree and cover each video (when there are shots),
+    that every complete frame directory holds the frames its record lists (each a whole
     JPEG), that the index files agree with each other and with the files on disk, that each feature
     directory is a consistent BigFile (shape.txt vs id.txt vs feature.bin size) without NaN or inf
     rows and that its manifest matches it and its current input, and reports temporary outputs,
@@ -68,7 +70,8 @@ def check(
     reporter = Reporter(progress)
     check_leftovers(coll, findings)
     check_shards(coll, feature, findings)
-    imagepath_ids = _check_frames(coll, findings, reporter)
+    shot_videos = check_shots(coll, findings)
+    imagepath_ids = _check_frames(coll, shot_videos, findings, reporter)
     for name in [feature] if feature is not None else coll.list_features():
         _check_feature(coll, name, imagepath_ids, findings, reporter)
         result.features += 1
@@ -141,8 +144,14 @@ def _parse_index(coll: Collection, path: Path, findings: Findings) -> list[tuple
     return pairs
 
 
-def _check_frames(coll: Collection, findings: Findings, reporter: Reporter) -> list[str] | None:
-    """Checks ImageData and the index files; returns the ids of id.imagepath.txt (None without it)."""
+def _check_frames(
+    coll: Collection, shot_videos: dict[str, str], findings: Findings, reporter: Reporter
+) -> list[str] | None:
+    """Checks ImageData and the index files; returns the ids of id.imagepath.txt (None without it).
+
+    Frame directories and index lines may be named by shot (``frames --shots``): ``shot_videos`` gives
+    the video of each shot id.
+    """
     result = findings.result
     records: dict[str, dict[str, Any]] = {}
     unrecorded = 0
@@ -202,7 +211,7 @@ def _check_frames(coll: Collection, findings: Findings, reporter: Reporter) -> l
             f"missing although {len(records)} videos have complete frames; run `vcf frames` again to write it",
             kind="missing index",
         )
-    _check_video_indexes(coll, records, image_ids, findings)
+    _check_video_indexes(coll, records, image_ids, shot_videos, findings)
     return image_ids
 
 
@@ -241,7 +250,11 @@ def _short(numbers: list[int]) -> str:
 
 
 def _check_video_indexes(
-    coll: Collection, records: dict[str, dict[str, Any]], image_ids: list[str] | None, findings: Findings
+    coll: Collection,
+    records: dict[str, dict[str, Any]],
+    image_ids: list[str] | None,
+    shot_videos: dict[str, str],
+    findings: Findings,
 ) -> None:
     video_pairs = _parse_index(coll, coll.videopath_file, findings)
     if video_pairs is None:
@@ -266,7 +279,7 @@ def _check_video_indexes(
             findings.add(relative_name(coll, list_file), f"its ids differ from {what}", kind=f"{list_file.name} ids")
     if coll.video_dir.is_dir() and coll.image_dir.is_dir():
         failed = {line.split(" ", 1)[0] for line in read_lines(coll.failures_file("frames")) if line.strip()}
-        listed = set(video_ids)
+        listed = {shot_videos.get(item, item) for item in video_ids}  # a shot's frames are its video's
         waiting = [
             video
             for video in map(layout.video_id_of, layout.list_video_files(coll))

@@ -15,7 +15,7 @@ from vcf.io.bigfile import BigFile
 from vcf.io.collection import WORK_PREFIX, Collection
 from vcf.progress import Reporter
 from vcf.run.store import count_parts
-from vcf.stages.merge import MergeResult, has_parts, plan_feature, plan_frames
+from vcf.stages.merge import MergeResult, has_parts, plan_feature, plan_frames, plan_shots
 
 # Per kind of problem, this many items are named one by one; the rest are counted in one line.
 DETAIL_LIMIT = 20
@@ -175,8 +175,10 @@ def check_shards(coll: Collection, feature: str | None, findings: Findings) -> N
     targets: list[tuple[str, Path, Callable[[], object]]] = []
     quiet = Reporter(None)
     if feature is None:
-        frames_root = coll.frames_shard_root
-        targets.append(("frames", frames_root, lambda: plan_frames(coll, MergeResult(coll.root), quiet)))
+        targets.append(
+            ("shots", coll.stage_shard_root("shots"), lambda: plan_shots(coll, MergeResult(coll.root), quiet))
+        )
+        targets.append(("frames", coll.frames_shard_root, lambda: plan_frames(coll, MergeResult(coll.root), quiet)))
     root = coll.feature_shard_root
     names = [feature] if feature is not None else sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     for name in names:
@@ -193,7 +195,7 @@ def check_shards(coll: Collection, feature: str | None, findings: Findings) -> N
         findings.add(
             where,
             f"every shard of {what} is complete but not merged; run `vcf merge {coll.root}"
-            f"{'' if what == 'frames' else ' ' + what}`",
+            f"{'' if what in ('shots', 'frames') else ' ' + what}`",
             kind="unmerged shards",
         )
 

@@ -20,8 +20,11 @@ from vcf.io.bigfile import BigFile, BigFileWriter
 from vcf.io.collection import PART_RECORD, Collection, videos_digest
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.partition import Shard, assign_videos, video_key
-from vcf.stages.frames import VideoFrames, discover_videos, write_indexes
+from vcf.sampling import Sampling
+from vcf.stages.frame_files import FrameSettings, discover_videos
+from vcf.stages.frames import FRAME_UNITS
 from vcf.stages.outputs import bigfile_ok, read_part_manifest
+from vcf.stages.shots import write_shots_index
 
 # Manifest fields that describe one file rather than the computation; they differ between a part and the whole.
 _FILE_FIELDS = ("format", "shape", "vcf_version", "shard", "failures")
@@ -37,7 +40,7 @@ class MergeResult:
 
     Attributes:
         collection: The collection directory.
-        merged: For ``frames`` and each feature name merged: the number of shards.
+        merged: For ``shots``, ``frames`` and each feature name merged: the number of shards.
         rows: Frames listed in id.imagepath.txt (``frames``), or rows of each merged feature.
         dims: Values per row of each merged feature.
         failures: Items listed as failed, per merged output.
@@ -61,7 +64,8 @@ def merge(
 ) -> MergeResult:
     """Assembles the parts of sharded runs into the normal outputs, as a single run writes them.
 
-    Frames parts become id.imagepath.txt, id.videopath.txt, id.videometa.txt, VideoSets/,
+    Shots parts become id.shots.txt and shots.failures.txt (their ShotData/<vid>.msb files are
+    already in place); frames parts become id.imagepath.txt, id.videopath.txt, id.videometa.txt, VideoSets/,
     ImageSets/ and frames.failures.txt; the parts of a feature become its BigFile (rows in
     id.imagepath.txt order, the single run's manifest) and features.failures.txt. Each file
     appears atomically, and the parts are removed once everything is written. Nothing is written
@@ -69,7 +73,7 @@ def merge(
 
     Args:
         collection: Collection directory, or its name under ``rootpath``.
-        feature: Merge only this feature (e.g. ``resnet50,avgpool``); default: the frames and every
+        feature: Merge only this feature (e.g. ``resnet50,avgpool``); default: the shots, the frames and every
             feature that has parts.
         rootpath: Where named collections live.
         progress: Receives ``rows`` events: the videos of the frames, then the rows of each feature.
@@ -87,8 +91,8 @@ def merge(
     coll = layout.resolve_collection(collection, rootpath)
     reporter = Reporter(progress)
     result = MergeResult(collection=coll.root)
-    frames_root = coll.frames_shard_root
-    do_frames = feature is None and has_parts(frames_root)
+    do_shots = feature is None and has_parts(coll.stage_shard_root("shots"))
+    do_frames = feature is None and has_parts(coll.frames_shard_root)
     if feature is not None:
         coll.feature_dir(feature)
         names = [feature]
@@ -96,11 +100,14 @@ def merge(
         root = coll.feature_shard_root
         found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         names = [n for n in found if not n.startswith(".") and has_parts(root / n)]
-    if not do_frames and not names:
+    if not do_shots and not do_frames and not names:
         raise VcfError(
-            f"nothing to merge in {coll.root}: no shard parts; run `vcf frames` or `vcf features` with --shard first"
+            f"nothing to merge in {coll.root}: no shard parts; run `vcf shots`, `vcf frames` or `vcf features` "
+            "with --shard first"
         )
     plans: list[tuple[int, Callable[[], None]]] = []
+    if do_shots:
+        plans.append(plan_shots(coll, result, reporter))
     if do_frames:
         plans.append(plan_frames(coll, result, reporter))
     for name in names:
@@ -160,35 +167,20 @@ def _missing_error(what: str, missing: list[str], command: str) -> VcfError:
 def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
     root = coll.frames_shard_root
     count = _shard_count(root, "frames")
-    videos, naming = discover_videos(coll)
+    first = _read_record(coll.frames_part_dir(Shard(0, count).name) / PART_RECORD) or {}
+    # The parts say which kind of unit they hold (a video's frames, or its frames grouped by shot).
+    units = FRAME_UNITS[first.get("units", "videos")](FrameSettings(Sampling()), coll, bool(first.get("keyframe")))
+    videos, naming = units.discover(coll)
     expected = assign_videos(videos, count)
-    records: list[dict[str, Any]] = []
-    missing: list[str] = []
-    for index in range(count):
-        spec = Shard(index, count)
-        try:
-            record = json.loads((coll.frames_part_dir(spec.name) / PART_RECORD).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            missing.append(f"{spec} {_lock_state([coll.frames_shard_lock(spec.name)])}")
-            continue
-        if record.get("videos") != expected[index]:
-            missing.append(f"{spec} was run over other videos (VideoData changed since); rerun it")
-            continue
-        records.append(record)
-    if missing:
-        raise _missing_error("frames", missing, f"vcf frames {coll.root} --shard K/{count}")
-    for key in ("settings", "relative_paths"):
-        if len({json.dumps(r[key], sort_keys=True) for r in records}) > 1:
+    records = _video_parts(coll, "frames", expected)
+    for key in ("units", "settings", "relative_paths"):
+        if len({json.dumps(r.get(key), sort_keys=True) for r in records}) > 1:
             raise VcfError(f"cannot merge frames: the shards were run with different {key.replace('_', ' ')}")
 
     def write() -> None:
         with OutputLock(coll.frames_lock):
-            done = {
-                video_id: VideoFrames(**{**data, "frames": tuple(data["frames"])})
-                for record in records
-                for video_id, data in record["done"].items()
-            }
-            total = write_indexes(coll, videos, done, bool(records[0]["relative_paths"]))
+            done = {video_id: units.from_json(data) for record in records for video_id, data in record["done"].items()}
+            total = units.write_indexes(coll, videos, done, bool(records[0]["relative_paths"]))
             failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
             layout.write_failures(coll.failures_file("frames"), failures)  # type: ignore[arg-type]
             reporter.advance("rows", len(videos), description="frames")
@@ -198,6 +190,59 @@ def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tu
         result.failures["frames"] = len(failures)
 
     return len(videos), write
+
+
+def _video_parts(coll: Collection, stage: str, expected: list[list[str]]) -> list[dict[str, Any]]:
+    """The part records of a stage whose units are videos, each shard's over the videos it was assigned.
+
+    Raises:
+        VcfError: Some shards are missing, or were run over other videos.
+    """
+    records: list[dict[str, Any]] = []
+    missing: list[str] = []
+    count = len(expected)
+    for index in range(count):
+        spec = Shard(index, count)
+        record = _read_record(coll.stage_part_dir(stage, spec.name) / PART_RECORD)
+        if record is None:
+            missing.append(f"{spec} {_lock_state([coll.stage_shard_lock(stage, spec.name)])}")
+        elif record.get("videos") != expected[index]:
+            missing.append(f"{spec} was run over other videos (VideoData changed since); rerun it")
+        else:
+            records.append(record)
+    if missing:
+        raise _missing_error(stage, missing, f"vcf {stage} {coll.root} --shard K/{count}")
+    return records
+
+
+def plan_shots(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
+    root = coll.stage_shard_root("shots")
+    count = _shard_count(root, "shots")
+    videos, naming = discover_videos(coll)
+    records = _video_parts(coll, "shots", assign_videos(videos, count))
+    if len({json.dumps(r["manifest"], sort_keys=True) for r in records}) > 1:
+        raise VcfError("cannot merge shots: the shards were run with different settings; rerun them alike")
+
+    def write() -> None:
+        with OutputLock(coll.shots_lock):
+            done = {v: [(int(a), int(b)) for a, b in spans] for r in records for v, spans in r["done"].items()}
+            total = write_shots_index(coll, videos, done)
+            failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
+            layout.write_failures(coll.failures_file("shots"), failures)  # type: ignore[arg-type]
+            reporter.advance("rows", len(videos), description="shots")
+        remove_path(root)
+        result.merged["shots"] = count
+        result.rows["shots"] = total
+        result.failures["shots"] = len(failures)
+
+    return len(videos), write
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def plan_feature(

@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 
-from vcf.errors import OutputExistsError, VcfError
+from vcf.errors import VcfError
 from vcf.io import collection as layout
-from vcf.io.atomic import (
-    OutputLock,
-    clean_stale_temps,
-    fsync_dir,
-    fsync_file,
-    is_output_error,
-    publish,
-    remove_path,
-    temp_sibling,
-    writing,
-)
-from vcf.io.collection import Collection
+from vcf.io.atomic import fsync_dir, fsync_file, publish, remove_path, temp_sibling, writing
+from vcf.io.collection import FRAME_META, Collection
 from vcf.io.shotlist import Shot, ShotSampling
 from vcf.io.video import VideoError, decode_selected, resize_shorter_side
-from vcf.progress import ProgressCallback, Reporter
-from vcf.run.processes import TaskFailed, run_isolated
-from vcf.stages.frames import FRAME_META, LOCK_NAME, FrameSettings, FramesResult, VideoFrames, read_frame_meta
+from vcf.stages.frame_files import (
+    FrameSettings,
+    VideoFrames,
+    discover_videos,
+    frames_from_json,
+    frames_json,
+    read_frame_meta,
+    remove_temps_of,
+)
 from vcf.stages.shots import read_shots
 
 
@@ -41,6 +37,7 @@ class _ShotTask:
     settings: FrameSettings
     keyframe: bool
     image_dir: Path
+    decoder_threads: int = 0
 
 
 def shot_settings(settings: FrameSettings, keyframe: bool, shot: Shot) -> dict[str, Any]:
@@ -49,16 +46,12 @@ def shot_settings(settings: FrameSettings, keyframe: bool, shot: Shot) -> dict[s
     return {**settings.as_dict(), "sampling": sampling.as_dict(), "shot": [shot.first, shot.last]}
 
 
-def _init_decoder_process() -> None:
-    cv2.setNumThreads(1)
-
-
-def _extract_shots(task: _ShotTask) -> list[VideoFrames]:
+def extract_shots(task: _ShotTask) -> list[VideoFrames]:
     """Decodes one video once and writes the frames of each of its shots into the shot's directory (in a worker)."""
     settings = task.settings
     spans = [(s.first, s.last) for s in task.shots]
     sampling = ShotSampling(settings.sampling, spans, task.keyframe)
-    meta, frames = decode_selected(task.video_path, sampling, threads=1)
+    meta, frames = decode_selected(task.video_path, sampling, threads=task.decoder_threads)
     owner = {n: i for i, kept in enumerate(sampling.frames(meta.fps)) for n in kept}
     tmps = [temp_sibling(task.image_dir / shot.shot_id) for shot in task.shots]
     kept: list[list[int]] = [[] for _ in task.shots]
@@ -109,80 +102,7 @@ def _extract_shots(task: _ShotTask) -> list[VideoFrames]:
         raise
 
 
-def frames_by_shot(
-    coll: Collection,
-    settings: FrameSettings,
-    *,
-    keyframe: bool = False,
-    workers: int | None = None,
-    relative_paths: bool = False,
-    overwrite: bool = False,
-    video_timeout: float | None = None,
-    progress: ProgressCallback | None = None,
-) -> FramesResult:
-    """Samples frames inside each shot of ``id.shots.txt`` (see :func:`vcf.frames` with ``shots=True``).
-
-    The unit of work is a video, decoded once; its frames are grouped by shot: ``ImageData/<shot_id>/
-    <shot_id>_<n>.jpg`` (``n`` = decoded frame index in the video). The index files list shots where
-    they list videos: ``id.videopath.txt`` and ``id.videometa.txt`` have a line per shot (its video,
-    its frame count), ``VideoSets`` holds the shot ids.
-    """
-    reporter = Reporter(progress)
-    result = FramesResult(collection=coll.root)
-    with OutputLock(coll.root / LOCK_NAME):
-        shots = read_shots(coll)
-        files = {layout.video_id_of(p): p for p in layout.list_video_files(coll)}
-        failures = [(v, "video listed in id.shots.txt is not in VideoData") for v in shots if v not in files]
-        failures += [(v, "no shots in id.shots.txt; run `vcf shots` again") for v in files if v not in shots]
-        videos = {v: files[v] for v in sorted(shots) if v in files}
-        result.videos = len(set(shots) | set(files))
-        coll.image_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(coll.image_dir)
-        done: dict[str, list[VideoFrames]] = {}
-        tasks: list[_ShotTask] = []
-        conflicts: list[str] = []
-        for video_id, path in videos.items():
-            records = [None if overwrite else read_frame_meta(coll.frame_dir(s.shot_id)) for s in shots[video_id]]
-            expected = [shot_settings(settings, keyframe, s) for s in shots[video_id]]
-            if all(r is not None and r.settings == e for r, e in zip(records, expected, strict=True)):
-                done[video_id] = records  # type: ignore[assignment]
-                continue
-            if any(r is not None and r.settings != e for r, e in zip(records, expected, strict=True)):
-                conflicts.append(shots[video_id][0].shot_id)
-            tasks.append(_ShotTask(video_id, path, tuple(shots[video_id]), settings, keyframe, coll.image_dir))
-        if conflicts:
-            raise OutputExistsError(
-                f"frames of {len(conflicts)} video(s) (e.g. {coll.frame_dir(conflicts[0])}) were extracted with other "
-                "settings or other shots; use --overwrite to redo them"
-            )
-        result.skipped = len(done)
-        reporter.total("videos", result.videos)
-        reporter.advance("videos", result.skipped + len(failures))
-        workers = workers or os.cpu_count() or 1
-        for task, outcome in run_isolated(
-            _extract_shots, tasks, workers=workers, timeout=video_timeout, initializer=_init_decoder_process
-        ):
-            if isinstance(outcome, TaskFailed):
-                if is_output_error(outcome.reason):
-                    raise VcfError(outcome.reason)
-                failures.append((task.video_id, outcome.reason))
-            else:
-                done[task.video_id] = outcome
-                result.extracted += 1
-                written = sum(len(r.frames) for r in outcome)
-                result.frames_written += written
-                reporter.advance("frames", written)
-            reporter.advance("videos", 1, description=task.video_id)
-        clean_stale_temps(coll.image_dir)
-        result.frames_total = _write_shot_indexes(coll, videos, shots, done, relative_paths)
-        result.failures = sorted(failures)
-        failures_path = coll.failures_file("frames")
-        layout.write_failures(failures_path, result.failures)
-        result.failures_file = failures_path if result.failures else None
-    return result
-
-
-def _write_shot_indexes(
+def write_shot_indexes(
     coll: Collection,
     videos: dict[str, Path],
     shots: dict[str, list[Shot]],
@@ -206,3 +126,69 @@ def _write_shot_indexes(
     layout.write_id_list(coll.videoset_file, shot_ids)
     layout.write_id_list(coll.imageset_file, [frame_id for frame_id, _ in image_lines])
     return len(image_lines)
+
+
+def extract_shots_owned(task: _ShotTask) -> list[VideoFrames]:
+    """:func:`extract_shots` for a video this shard owns: a killed earlier attempt's temporaries go first."""
+    remove_temps_of(task.image_dir, [shot.shot_id for shot in task.shots])
+    return extract_shots(task)
+
+
+@dataclass
+class ShotUnits:
+    """``frames --shots``: a video decoded once, its frames written per shot (``ImageData/<shot_id>/``).
+
+    The index files list shots where they list videos: ``id.videopath.txt`` and ``id.videometa.txt`` have a
+    line per shot (its video, its frame count), ``VideoSets`` holds the shot ids.
+    """
+
+    settings: FrameSettings
+    shots: dict[str, list[Shot]]
+    keyframe: bool = False
+    name: str = "shots"
+    extract: Callable[[Any], Any] = extract_shots
+    extract_owned: Callable[[Any], Any] = extract_shots_owned
+    conflict_note: str = " or other shots"
+
+    @classmethod
+    def of(cls, settings: FrameSettings, coll: Collection, keyframe: bool) -> ShotUnits:
+        """The units of a collection's ``id.shots.txt``.
+
+        Raises:
+            CollectionError: There is no ``id.shots.txt``.
+        """
+        return cls(settings, read_shots(coll), keyframe)
+
+    def settings_record(self) -> dict[str, Any]:
+        return {**self.settings.as_dict(), "keyframe": self.keyframe}
+
+    def discover(self, coll: Collection) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+        files, failures = discover_videos(coll)
+        failures += [(v, "video listed in id.shots.txt is not in VideoData") for v in self.shots if v not in files]
+        failures += [(v, "no shots in id.shots.txt; run `vcf shots` again") for v in files if v not in self.shots]
+        return {v: p for v, p in files.items() if v in self.shots}, sorted(failures)
+
+    def plan(self, coll: Collection, video_id: str, path: Path, overwrite: bool) -> tuple[Any, Any, str | None]:
+        shots = self.shots[video_id]
+        records = [None if overwrite else read_frame_meta(coll.frame_dir(s.shot_id)) for s in shots]
+        expected = [shot_settings(self.settings, self.keyframe, s) for s in shots]
+        if all(r is not None and r.settings == e for r, e in zip(records, expected, strict=True)):
+            return records, None, None
+        if any(r is not None and r.settings != e for r, e in zip(records, expected, strict=True)):
+            return None, None, shots[0].shot_id
+        return None, _ShotTask(video_id, path, tuple(shots), self.settings, self.keyframe, coll.image_dir), None
+
+    def frame_count(self, record: list[VideoFrames]) -> int:
+        return sum(len(r.frames) for r in record)
+
+    def dir_names(self, video_ids: Iterable[str]) -> list[str]:
+        return [shot.shot_id for video_id in video_ids for shot in self.shots.get(video_id, [])]
+
+    def to_json(self, record: list[VideoFrames]) -> Any:
+        return [frames_json(r) for r in record]
+
+    def from_json(self, data: Any) -> list[VideoFrames]:
+        return [frames_from_json(r) for r in data]
+
+    def write_indexes(self, coll: Collection, videos: dict[str, Path], done: dict[str, Any], relative: bool) -> int:
+        return write_shot_indexes(coll, videos, self.shots, done, relative)
