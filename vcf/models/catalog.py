@@ -6,11 +6,7 @@ Importing this module registers them (``vcf.models`` imports it); timm models ar
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from vcf.models.registry import (
     ACTIVITYNET_MEAN_255,
@@ -22,6 +18,10 @@ from vcf.models.registry import (
     WeightsSource,
     register,
 )
+from vcf.models.torchvision_table import TORCHVISION_WEIGHTS, TorchvisionWeights
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # ----------------------------------------------------------------------------------------- torchvision
 
@@ -82,69 +82,51 @@ def _tv_builder(name: str) -> nn.Module:
     return models.get_model(name, weights=None)
 
 
-def _tv_preprocess(transforms: Any) -> Preprocess:
-    """The eval preprocessing of a torchvision Weights entry, read from its transforms partial."""
-    params = {
-        key: p.default
-        for key, p in inspect.signature(transforms.func).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    params.update(transforms.keywords)
-    resize = params["resize_size"]
-    if isinstance(resize, (tuple, list)):
-        resize = int(resize[0]) if len(resize) == 1 else (int(resize[0]), int(resize[1]))
-    crop = params["crop_size"]
-    crop = int(crop[0] if isinstance(crop, (tuple, list)) else crop)
-    interpolation = params.get("interpolation")
+def _tv_preprocess(facts: TorchvisionWeights) -> Preprocess:
     return Preprocess(
-        resize=resize,
-        crop=crop,
-        mean=tuple(float(v) for v in params["mean"]),
-        std=tuple(float(v) for v in params["std"]),
-        interpolation=getattr(interpolation, "value", interpolation) or "bilinear",
+        resize=facts.resize, crop=facts.crop, mean=facts.mean, std=facts.std, interpolation=facts.interpolation
     )
 
 
-def _tv_weights(weights: Any, license_note: str) -> WeightsSource:
-    filename = weights.url.rsplit("/", 1)[-1]
+def _tv_weights(facts: TorchvisionWeights, license_note: str) -> WeightsSource:
+    filename = facts.url.rsplit("/", 1)[-1]
     stem = filename.rsplit(".", 1)[0]
     prefix = stem.rsplit("-", 1)[-1] if "-" in stem else None
-    return WeightsSource(url=weights.url, filename=filename, sha256=prefix, license=license_note)
+    return WeightsSource(url=facts.url, filename=filename, sha256=prefix, license=license_note)
 
 
 def _register_torchvision() -> None:
-    from torchvision import models
-
+    # The weights' facts come from a table: importing torchvision to read them costs seconds per process.
     for name, (dim, head) in _TV_IMAGE.items():
-        weights = models.get_model_weights(name).DEFAULT
+        facts = TORCHVISION_WEIGHTS[name]
         register(
             ModelRecord(
                 name=name,
                 kind="2d",
                 builder=functools.partial(_tv_builder, name),
-                weights=_tv_weights(weights, _TV_LICENSE),
-                preprocess=_tv_preprocess(weights.transforms),
-                layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
+                weights=_tv_weights(facts, _TV_LICENSE),
+                preprocess=_tv_preprocess(facts),
+                layers={"avgpool": dim, "fc": facts.categories},
                 feature_module=head,
                 fixed_input_size=name.startswith("vit_"),
-                description=f"torchvision {name}, {weights}",
+                description=f"torchvision {name}, {facts.weights}",
             )
         )
     for name, (dim, head, clip_len, fps, fixed) in _TV_VIDEO.items():
-        weights = models.get_model_weights(name).DEFAULT
+        facts = TORCHVISION_WEIGHTS[name]
         register(
             ModelRecord(
                 name=name,
                 kind="3d",
                 builder=functools.partial(_tv_builder, name),
-                weights=_tv_weights(weights, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
-                preprocess=_tv_preprocess(weights.transforms),
-                layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
+                weights=_tv_weights(facts, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
+                preprocess=_tv_preprocess(facts),
+                layers={"avgpool": dim, "fc": facts.categories},
                 feature_module=head,
                 fixed_input_size=fixed,
                 clip_len=clip_len,
                 clip_fps=fps,
-                description=f"torchvision {name}, {weights}",
+                description=f"torchvision {name}, {facts.weights}",
             )
         )
 
@@ -267,60 +249,10 @@ def _register_resnext3d() -> None:
 # ------------------------------------------------------------------------------------------ test models
 
 
-class TinyNet2d(nn.Module):
-    """Two strided convolutions, global pooling and a linear layer: a fast stand-in for real CNNs."""
+def _test_builder(name: str) -> nn.Module:
+    from vcf.models import test_nets
 
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(8),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images to (B, num_classes) logits."""
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-class TinyNet3d(nn.Module):
-    """The 3D counterpart of :class:`TinyNet2d`, for (B, 3, T, H, W) clips."""
-
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv3d(3, 8, 3, stride=(1, 2, 2), padding=1, bias=False),
-            nn.BatchNorm3d(8),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm3d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.avgpool = nn.AdaptiveAvgPool3d(1)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, T, H, W) clips to (B, num_classes) logits."""
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-def _seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
-    """Builds ``cls`` with a fixed seed, so test features are the same in every process and run."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls()
-    # A random BatchNorm keeps unit statistics; spread them so the layer is not an identity.
-    with torch.no_grad():
-        for index, module in enumerate(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-            channels = torch.arange(module.num_features, dtype=torch.float32)
-            module.running_mean.copy_(0.01 * channels - 0.02 * index)
-            module.running_var.copy_(1.0 + 0.05 * channels)
-    return model
+    return test_nets.seeded(getattr(test_nets, name))
 
 
 def _register_test_models() -> None:
@@ -329,7 +261,7 @@ def _register_test_models() -> None:
         ModelRecord(
             name="test_tiny2d",
             kind="2d",
-            builder=functools.partial(_seeded, TinyNet2d),
+            builder=functools.partial(_test_builder, "TinyNet2d"),
             weights=builtin,
             preprocess=Preprocess(resize=36, crop=32),
             layers={"avgpool": 16, "fc": 10},
@@ -340,7 +272,7 @@ def _register_test_models() -> None:
         ModelRecord(
             name="test_tiny3d",
             kind="3d",
-            builder=functools.partial(_seeded, TinyNet3d),
+            builder=functools.partial(_test_builder, "TinyNet3d"),
             weights=builtin,
             preprocess=Preprocess(resize=36, crop=32, mean=KINETICS_MEAN, std=KINETICS_STD),
             layers={"avgpool": 16, "fc": 10},
