@@ -26,9 +26,9 @@ from vcf.models import (
     load_state,
     load_weights,
     register,
+    test_nets,
     weights_status,
 )
-from vcf.models import catalog as catalog_module
 from vcf.models import weights as weights_module
 
 # Real random-weight builds of these take seconds and gigabytes; their dimensions are still checked in
@@ -74,7 +74,7 @@ def small_input(record: ModelRecord) -> torch.Tensor:
     return torch.randn(1, 3, 64, 64)
 
 
-def tiny_record(builder: type[nn.Module] = catalog_module.TinyNet2d, **weights: object) -> ModelRecord:
+def tiny_record(builder: type[nn.Module] = test_nets.TinyNet2d, **weights: object) -> ModelRecord:
     """An unregistered tiny model whose weights come from ``weights``."""
     return ModelRecord(
         name="tiny_local",
@@ -294,7 +294,7 @@ def test_unknown_layer_and_bad_input() -> None:
 
 def random_tiny_state(seed: int = 1) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    model = catalog_module.TinyNet2d()
+    model = test_nets.TinyNet2d()
     with torch.no_grad():
         for buffer in model.buffers():
             if buffer.is_floating_point():
@@ -452,7 +452,7 @@ def test_sha256_is_memoized_by_size_and_mtime(tmp_path: Path) -> None:
 
 
 def test_skeleton_with_non_persistent_buffer_is_built_for_real(tmp_path: Path) -> None:
-    class WithScale(catalog_module.TinyNet2d):
+    class WithScale(test_nets.TinyNet2d):
         def __init__(self) -> None:
             super().__init__()
             self.register_buffer("scale", torch.full((1,), 2.0), persistent=False)
@@ -581,3 +581,34 @@ def test_cli_lists_models(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1
     result = runner.invoke(app, ["models", "--help"])
     assert "Example:" in result.output
+
+
+def test_torchvision_weights_table_matches_torchvision() -> None:
+    """The catalog's table of torchvision weights says what torchvision itself says of each DEFAULT entry."""
+    import inspect
+
+    from torchvision import models
+
+    from vcf.models.torchvision_table import TORCHVISION_WEIGHTS
+
+    for name, facts in TORCHVISION_WEIGHTS.items():
+        weights = models.get_model_weights(name).DEFAULT
+        transforms = weights.transforms
+        params = {
+            key: p.default
+            for key, p in inspect.signature(transforms.func).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        params.update(transforms.keywords)
+        resize = params["resize_size"]
+        if isinstance(resize, (tuple, list)):
+            resize = resize[0] if len(resize) == 1 else tuple(resize)
+        crop = params["crop_size"]
+        crop = crop[0] if isinstance(crop, (tuple, list)) else crop
+        assert facts.weights == str(weights), name
+        assert facts.url == weights.url, name
+        assert (facts.resize, facts.crop) == (resize, crop), name
+        assert facts.mean == tuple(params["mean"]) and facts.std == tuple(params["std"]), name
+        assert facts.interpolation == getattr(params.get("interpolation"), "value", "bilinear"), name
+        assert facts.categories == len(weights.meta["categories"]), name
+        assert get_model(name).weights.url == weights.url

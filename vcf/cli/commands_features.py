@@ -156,6 +156,8 @@ def features_command(
         for layer, directory in result.feature_dirs.items():
             rows, dims = result.shapes.get(layer, (0, 0))
             typer.echo(f"{directory}  {rows} x {dims}  ({state})", err=True)
+        if result.decoding:
+            typer.echo(result.decoding, err=True)
     if not quiet:
         opt.shard_note(shard, collection)
     report_failures(result.failures, result.failures_file, quiet, what="video" if from_video else "image")
