@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,6 +72,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def inductor_cache_dir() -> Path:
+    """Where ``torch.compile`` keeps its compiled graphs between runs, unless $TORCHINDUCTOR_CACHE_DIR says."""
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "vcf" / "inductor"
+
+
 @dataclass(frozen=True)
 class Normalization:
     """How uint8 inputs become the model's float inputs."""
@@ -109,6 +116,8 @@ class Inference:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if compile_model:
+            # Inductor's caches (FX graphs, kernels) in vcf's cache: only the first run of a model pays the compile.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
             self.model = torch.compile(self.model)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
