@@ -85,7 +85,7 @@ def features_command(
     Writes FeatureData/<model>,<layer>[,os]/ in BigFile format (feature.bin, id.txt, shape.txt)
     plus manifest.json, rows in id.imagepath.txt order. An interrupted run resumes where it
     stopped. Unreadable images are left out, listed in features.failures.txt, and make the exit
-    code 1. `--precision auto` uses bf16 on GPUs and on CPUs with AMX, else fp32.
+    code 1. `--precision auto` uses bf16 on GPUs and on CPUs with AMX or AVX-512 BF16, else fp32.
 
     --from-video decodes VideoData/ instead (frames chosen as `vcf frames` would: same ids, same
     order, so pool and concat work unchanged); 3D models (--type 3d) always do, one row per clip

@@ -45,7 +45,7 @@ RayAddress = Annotated[
     typer.Option("--ray-address", help="Ray cluster address (host:port) [default: $RAY_ADDRESS or a local Ray]."),
 ]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model runs (cuda:i: GPU i).")]
-PrecisionOption = Annotated[Precision, typer.Option("--precision", help="auto: bf16 on GPUs and AMX CPUs, else fp32.")]
+PrecisionOption = Annotated[Precision, typer.Option("--precision", help="auto: bf16 on GPUs and bf16 CPUs, else fp32.")]
 ModelTypeOption = Annotated[
     Optional[ModelType],  # noqa: UP045
     typer.Option("--type", help="Pick that kind's default model (checks --model's kind).", rich_help_panel=VIDEO),
