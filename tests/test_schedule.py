@@ -38,3 +38,8 @@ def test_heavy_model_decodes_between_batches() -> None:
 
 def test_one_core_never_switches() -> None:
     assert choose_decoding(0.050 * 32, 0.010 * 32, 32, 10**6, 1).workers == 0
+
+
+def test_a_run_within_the_probe_batches_reports_its_costs() -> None:
+    choice = choose_decoding(0.050 * 8, 0.010 * 8, 8, 0, 2)
+    assert choice.workers == 0 and choice.decode_ms == pytest.approx(50.0)

@@ -65,6 +65,8 @@ def choose_decoding(
     per_image = max(probed, 1)
     decode, model = decode_seconds / per_image, model_seconds / per_image
     measured = {"decode_ms": 1000 * decode, "model_ms": 1000 * model, "cores": cores}
+    if remaining == 0:
+        return DecodeChoice(0, "the whole run fitted in the timed first batches", **measured)
     if cores < 2:
         return DecodeChoice(0, "one core: nothing to decode beside the model", **measured)
     if model <= 0 or decode <= LOADER_SWITCH_SHARE * model:
