@@ -53,6 +53,7 @@ def child(args: argparse.Namespace) -> None:
 
     mode, precision, out = args.child.split(":", 2)
     record = get_model(args.model)
+    torch.manual_seed(0)  # the same random weights in every run's process
     extractor, _ = build_extractor(record, ["avgpool"], pretrained=False)
     generator = torch.Generator().manual_seed(0)
     batch = torch.randint(0, 256, (args.batch_size, *record.input_shape), dtype=torch.uint8, generator=generator)
