@@ -425,6 +425,7 @@ def main() -> None:
 
         rss = None
         if not args.no_rss:
+            shutil.rmtree(collections[where] / "FeatureData", ignore_errors=True)  # else it is up to date
             argv = feature_costs.cli_features(collections[where], record.name, args.precision, args.batch_size, weights)
             with common.BackgroundLoad() as load:
                 rss_seconds, rss = feature_costs.peak_rss_of_run(argv)
