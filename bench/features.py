@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import feature_costs
 
 from vcf.io.bigfile import BigFile, BigFileWriter
 from vcf.io.preprocess import FrameTransform, read_rgb
@@ -44,6 +45,8 @@ from vcf.stages.features import features
 MAX_IMAGES = {"cpu": 1024, "cuda": 20000}
 # Distinct preprocessed batches the pure run cycles through.
 PURE_BATCHES = 16
+# Where each library run decoded its images (the run's summary), by collection.
+DECODING: dict[Path, str | None] = {}
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,6 +69,10 @@ def parse_args() -> argparse.Namespace:
         help="also run --decode-on-device over the 720p JPEGs (auto: on a CUDA device)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="run everything N times, keep each best (noisy machines)")
+    parser.add_argument(
+        "--small-batches", type=int, default=1, help="batches of the small run whose time is subtracted (default 1)"
+    )
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of the vcf features CLI")
     return parser.parse_args()
 
 
@@ -151,7 +158,9 @@ class Progress:
 
 
 def run_library(collection: Path, args, weights: Path | None, **extra) -> tuple[float, Progress, Path]:
-    """One ``features`` call from scratch; returns its wall time, its progress record and the feature directory."""
+    """One ``features`` call from scratch; returns its wall time, its progress record and the feature directory.
+
+    Where it decoded is left in ``DECODING[collection]``."""
     shutil.rmtree(collection / "FeatureData", ignore_errors=True)
     progress = Progress()
     result = features(
@@ -168,6 +177,7 @@ def run_library(collection: Path, args, weights: Path | None, **extra) -> tuple[
         **extra,
     )
     elapsed = time.perf_counter() - progress.start
+    DECODING[collection] = getattr(result, "decoding", None)
     return elapsed, progress, result.feature_dirs[args.layer]
 
 
@@ -309,6 +319,11 @@ def main() -> None:
                 total += int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
             every = max(1, total // args.images)
 
+        where = "720p" if "720p" in sets else sets[0]
+        small_count = min(len(frame_sets[where]) - 1, args.batch_size * args.small_batches)
+        small_collection = common.make_image_collection(work / "coll-small", frame_sets[where][:small_count])
+        small_run = Timing(f"vcf features, JPEG {where}, first {small_count} images", small_count)
+
         first = frame_sets[sets[0]]
         batches = preprocessed_batches(first, transform, args.batch_size, pin=torch_device.type == "cuda")
         pure = Timing("pure model (Inference on in-memory uint8 batches)", len(first))
@@ -329,6 +344,9 @@ def main() -> None:
                     elapsed, progress, out_dir = run_library(collections[name], args, weights)
                 jpeg[name].add(elapsed, progress, load)
                 outputs[name] = BigFile(out_dir).read_array([i for i, _ in frame_sets[name]])
+            with common.BackgroundLoad() as load:
+                elapsed, progress, _ = run_library(small_collection, args, weights)
+            small_run.add(elapsed, progress, load)
             if fast:
                 with common.BackgroundLoad() as load:
                     elapsed, progress, out_dir = run_library(collections["720p"], args, weights, fast_decode=True)
@@ -349,10 +367,15 @@ def main() -> None:
             if args.repeat > 1:
                 print(f"  repeat {repeat + 1}/{args.repeat} done")
 
-        timings = [pure, *jpeg.values()] + ([fast_run] if fast else []) + ([device_run] if on_device else [])
+        marginal = feature_costs.marginal_rate(jpeg[where].images, jpeg[where].seconds, small_count, small_run.seconds)
+        fixed = Timing(f"vcf features, JPEG {where}, fixed costs cancelled (large - small run)", 1)
+        fixed.seconds, fixed.load = 1 / marginal, max(jpeg[where].load, small_run.load)
+        timings = [pure, *jpeg.values(), small_run, fixed]
+        timings += ([fast_run] if fast else []) + ([device_run] if on_device else [])
         timings += [video_run] if video else []
         rows = [[t.label, t.images, t.rate, t.steady, t.first_batch, t.rate / pure.rate, t.load] for t in timings]
         rows[0][3] = rows[0][4] = ""
+        rows[[t.label for t in timings].index(fixed.label)][1] = jpeg[where].images - small_count
         print()
         print(f"best of {args.repeat} run(s) each; 'other load' is the cores other processes kept busy meanwhile")
         print(
@@ -361,7 +384,8 @@ def main() -> None:
             )
         )
 
-        where = "720p" if "720p" in sets else sets[0]
+        for name in sets:
+            print(f"decoding, JPEG {name}: {DECODING.get(collections[name])}")
         dim = pure_out[args.layer].shape[1]
         costs = step_costs(frame_sets[where], transform, inference, args.batch_size, dim)
         costs["model (pure)"] = 1000 / pure.rate
@@ -399,11 +423,26 @@ def main() -> None:
         same = cosine(outputs[sets[0]][:rows_compared], pure_out[args.layer]).min()
         print(f"library vs pure features (JPEG {sets[0]}): min cosine {same:.6f}")
 
+        rss = None
+        if not args.no_rss:
+            shutil.rmtree(collections[where] / "FeatureData", ignore_errors=True)  # else it is up to date
+            argv = feature_costs.cli_features(collections[where], record.name, args.precision, args.batch_size, weights)
+            with common.BackgroundLoad() as load:
+                rss_seconds, rss = feature_costs.peak_rss_of_run(argv)
+            print(
+                f"vcf features CLI, JPEG {where}, {jpeg[where].images} images, default workers: peak RSS of its "
+                f"processes {rss / 2**30:.2f} GiB, {rss_seconds:.1f} s wall (other load {load.cores:.2f})"
+            )
+
     print()
     for timing in timings[1:]:
         print(f"ratio end-to-end / pure, {timing.label}: {timing.rate / pure.rate:.3f}")
     label = f"features {record.name} {args.precision} {args.device}: end-to-end / pure (worst JPEG set)"
     print(common.headline(label, min(t.rate for t in jpeg.values()) / pure.rate))
+    label = f"features {record.name} {args.precision} {args.device}: fixed costs cancelled / pure (JPEG {where})"
+    print(common.headline(label, fixed.rate / pure.rate))
+    if rss is not None:
+        print(common.headline(f"features {record.name} {args.precision}: peak RSS GiB", rss / 2**30))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from videos import write_index_video
 import vcf.run.local as local
 from vcf.errors import VcfError
 from vcf.io.atomic import DISK_FULL, TMP_MARK
+from vcf.run import schedule
 from vcf.run.engines import LocalEngine, RayEngine
 from vcf.run.processes import TaskFailed
 from vcf.stages.features import features
@@ -129,8 +130,8 @@ def test_loader_workers_default_is_the_same_in_every_mode(
 
     monkeypatch.setattr(local, "_make_loader", counting)
     monkeypatch.setattr(local, "default_workers", lambda device: 0)  # as on a 2-core CPU
-    monkeypatch.setattr(local, "LOADER_SWITCH_MIN_SECONDS", 0.0)
-    monkeypatch.setattr(local, "LOADER_SWITCH_SHARE", 0.0)  # decoding always counts as the larger cost
+    monkeypatch.setattr(schedule, "LOADER_START_SECONDS", 0.0)
+    monkeypatch.setattr(schedule, "LOADER_SWITCH_SHARE", 0.0)  # decoding always counts as the larger cost
     options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2}
     features(videos, **options, **scale_out(mode, request))
     assert jobs == [None]  # no --workers: the engine's default, whatever the mode

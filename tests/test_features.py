@@ -21,6 +21,7 @@ from vcf.cli import app
 from vcf.errors import OutputExistsError, VcfError
 from vcf.io.bigfile import BigFile
 from vcf.models import build_extractor, get_model
+from vcf.run import schedule
 from vcf.stages.features import features
 from vcf.stages.frames import frames
 
@@ -293,11 +294,16 @@ def test_light_models_move_decoding_to_loader_processes(
 
     monkeypatch.setattr(feature_stage, "_make_loader", recording)
     monkeypatch.setattr(feature_stage, "default_workers", lambda device: 0)  # as on a 2-core CPU
-    monkeypatch.setattr(feature_stage, "LOADER_SWITCH_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(schedule, "LOADER_START_SECONDS", 0.0)
     # Decoding always costs more than 0 x the model's time, never more than a million times it.
-    monkeypatch.setattr(feature_stage, "LOADER_SWITCH_SHARE", 0.0 if light else 1e6)
+    monkeypatch.setattr(schedule, "LOADER_SWITCH_SHARE", 0.0 if light else 1e6)
     result = features(root, **options)
-    assert loaders == [(3, 0), (3, (os.cpu_count() or 1) if light else 0)]  # 6 batches: 3 probed here, 3 after
+    switched = (os.cpu_count() or 1) if light and (os.cpu_count() or 1) > 1 else 0
+    assert loaders == [(3, 0), (3, switched)]  # 6 batches: 3 probed here, 3 after
+    # The choice is in the result (with the measured costs), not in the manifest: the bytes are the same.
+    assert result.decoding is not None and result.decoding.startswith("decoding ")
+    assert ("loader process" in result.decoding) == bool(switched)
+    assert "ms/img" in result.decoding
     got = {name: (result.feature_dirs["avgpool"] / name).read_bytes() for name in expected}
     assert got == expected
 

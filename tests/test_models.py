@@ -641,3 +641,34 @@ def test_cli_lists_models(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1
     result = runner.invoke(app, ["models", "--help"])
     assert "Example:" in result.output
+
+
+def test_torchvision_weights_table_matches_torchvision() -> None:
+    """The catalog's table of torchvision weights says what torchvision itself says of each DEFAULT entry."""
+    import inspect
+
+    from torchvision import models
+
+    from vcf.models.torchvision_table import TORCHVISION_WEIGHTS
+
+    for name, facts in TORCHVISION_WEIGHTS.items():
+        weights = models.get_model_weights(name).DEFAULT
+        transforms = weights.transforms
+        params = {
+            key: p.default
+            for key, p in inspect.signature(transforms.func).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        params.update(transforms.keywords)
+        resize = params["resize_size"]
+        if isinstance(resize, (tuple, list)):
+            resize = resize[0] if len(resize) == 1 else tuple(resize)
+        crop = params["crop_size"]
+        crop = crop[0] if isinstance(crop, (tuple, list)) else crop
+        assert facts.weights == str(weights), name
+        assert facts.url == weights.url, name
+        assert (facts.resize, facts.crop) == (resize, crop), name
+        assert facts.mean == tuple(params["mean"]) and facts.std == tuple(params["std"]), name
+        assert facts.interpolation == getattr(params.get("interpolation"), "value", "bilinear"), name
+        assert facts.categories == len(weights.meta["categories"]), name
+        assert get_model(name).weights.url == weights.url

@@ -89,7 +89,7 @@ def features_command(
     plus manifest.json, rows in id.imagepath.txt order. An interrupted run resumes where it
     stopped. Unreadable images are left out, listed in features.failures.txt, and make the exit
     code 1. `--precision auto` uses bf16 on GPUs that support it (fp16 on older GPUs) and on CPUs
-    with AMX, else fp32.
+    with AMX or AVX-512 BF16, else fp32.
 
     --from-video decodes VideoData/ instead (frames chosen as `vcf frames` would: same ids, same
     order, so pool and concat work unchanged); 3D models (--type 3d) always do, one row per clip
@@ -164,6 +164,8 @@ def features_command(
         for layer, directory in result.feature_dirs.items():
             rows, dims = result.shapes.get(layer, (0, 0))
             typer.echo(f"{directory}  {rows} x {dims}  ({state})", err=True)
+        if result.decoding:
+            typer.echo(result.decoding, err=True)
     if not quiet:
         opt.shard_note(shard, collection)
     report_failures(result.failures, result.failures_file, quiet, what="video" if from_video else "image")

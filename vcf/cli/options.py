@@ -62,7 +62,7 @@ DeviceOption = Annotated[Device, typer.Option("--device", help="Where the model 
 PrecisionOption = Annotated[
     Precision,
     typer.Option(
-        "--precision", help="auto: bf16 on GPUs that support it (fp16 on older ones) and AMX CPUs, else fp32."
+        "--precision", help="auto: bf16 on GPUs that support it (fp16 on older ones) and bf16 CPUs, else fp32."
     ),
 ]
 ModelTypeOption = Annotated[

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from vcf.models import (
-    catalog,  # noqa: F401  (registers the shipped models)
-    openclip,  # noqa: F401  (registers the clip/<arch>:<tag> family)
-)
-from vcf.models.extractor import FeatureExtractor, build_extractor
+import importlib
+from typing import Any
+
+from vcf.models import catalog  # noqa: F401  (registers the shipped models and the timm/, clip/ families)
 from vcf.models.registry import (
     LAYER_ALIASES,
     ModelRecord,
@@ -29,6 +28,16 @@ from vcf.models.weights import (
 )
 
 register_modules()  # after the shipped models: $VCF_MODEL_MODULES may build on them
+
+# The extractor imports torch; the registry and the weights cache do not, so listing models stays light.
+_LAZY = {"FeatureExtractor": "vcf.models.extractor", "build_extractor": "vcf.models.extractor"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LAYER_ALIASES",

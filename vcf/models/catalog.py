@@ -6,19 +6,22 @@ Importing this module registers them (``vcf.models`` imports it); timm models ar
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from vcf.models.registry import (
     ACTIVITYNET_MEAN_255,
+    CLIP_PREFIX,
     KINETICS_MEAN_255,
     ModelRecord,
     Preprocess,
     WeightsSource,
     register,
+    register_family,
 )
+from vcf.models.torchvision_table import TORCHVISION_WEIGHTS, TorchvisionWeights
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # ----------------------------------------------------------------------------------------- torchvision
 
@@ -79,73 +82,59 @@ def _tv_builder(name: str) -> nn.Module:
     return models.get_model(name, weights=None)
 
 
-def _tv_preprocess(weights: Any, video: bool = False) -> Preprocess:
-    """The eval preprocessing of a torchvision Weights entry, read from its transforms partial."""
-    transforms = weights.transforms
-    params = {
-        key: p.default
-        for key, p in inspect.signature(transforms.func).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    params.update(transforms.keywords)
-    resize = params["resize_size"]
-    if isinstance(resize, (tuple, list)):
-        resize = int(resize[0]) if len(resize) == 1 else (int(resize[0]), int(resize[1]))
-    crop = params["crop_size"]
-    crop = int(crop[0] if isinstance(crop, (tuple, list)) else crop)
-    interpolation = params.get("interpolation")
+def _tv_preprocess(facts: TorchvisionWeights, video: bool = False) -> Preprocess:
+    """The eval preprocessing of a torchvision Weights entry (as its transforms say, from the table)."""
     return Preprocess(
-        resize=resize,
-        crop=crop,
-        mean=tuple(float(v) for v in params["mean"]),
-        std=tuple(float(v) for v in params["std"]),
-        interpolation=getattr(interpolation, "value", interpolation) or "bilinear",
+        resize=facts.resize,
+        crop=facts.crop,
+        mean=facts.mean,
+        std=facts.std,
+        interpolation=facts.interpolation,
         antialias=not video,  # VideoClassification resizes with antialias=False, ImageClassification PIL images
-        reference=f"torchvision {weights}.transforms(): "
+        reference=f"torchvision {facts.weights}.transforms(): "
         + ("VideoClassification (tensor resize without antialiasing)" if video else "ImageClassification (PIL)"),
     )
 
 
-def _tv_weights(weights: Any, license_note: str) -> WeightsSource:
-    filename = weights.url.rsplit("/", 1)[-1]
+def _tv_weights(facts: TorchvisionWeights, license_note: str) -> WeightsSource:
+    filename = facts.url.rsplit("/", 1)[-1]
     stem = filename.rsplit(".", 1)[0]
     prefix = stem.rsplit("-", 1)[-1] if "-" in stem else None
-    return WeightsSource(url=weights.url, filename=filename, sha256=prefix, license=license_note)
+    return WeightsSource(url=facts.url, filename=filename, sha256=prefix, license=license_note)
 
 
 def _register_torchvision() -> None:
-    from torchvision import models
-
+    # The weights' facts come from a table: importing torchvision to read them costs seconds per process.
     for name, (dim, head) in _TV_IMAGE.items():
-        weights = models.get_model_weights(name).DEFAULT
+        facts = TORCHVISION_WEIGHTS[name]
         register(
             ModelRecord(
                 name=name,
                 kind="2d",
                 builder=functools.partial(_tv_builder, name),
-                weights=_tv_weights(weights, _TV_LICENSE),
-                preprocess=_tv_preprocess(weights),
-                layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
+                weights=_tv_weights(facts, _TV_LICENSE),
+                preprocess=_tv_preprocess(facts),
+                layers={"avgpool": dim, "fc": facts.categories},
                 feature_module=head,
                 fixed_input_size=name.startswith("vit_"),
-                description=f"torchvision {name}, {weights}",
+                description=f"torchvision {name}, {facts.weights}",
             )
         )
     for name, (dim, head, clip_len, fps, fixed) in _TV_VIDEO.items():
-        weights = models.get_model_weights(name).DEFAULT
+        facts = TORCHVISION_WEIGHTS[name]
         register(
             ModelRecord(
                 name=name,
                 kind="3d",
                 builder=functools.partial(_tv_builder, name),
-                weights=_tv_weights(weights, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
-                preprocess=_tv_preprocess(weights, video=True),
-                layers={"avgpool": dim, "fc": len(weights.meta["categories"])},
+                weights=_tv_weights(facts, "BSD-3-Clause (torchvision); trained on Kinetics-400"),
+                preprocess=_tv_preprocess(facts, video=True),
+                layers={"avgpool": dim, "fc": facts.categories},
                 feature_module=head,
                 fixed_input_size=fixed,
                 clip_len=clip_len,
                 clip_fps=fps,
-                description=f"torchvision {name}, {weights}",
+                description=f"torchvision {name}, {facts.weights}",
             )
         )
 
@@ -290,7 +279,14 @@ def _register_resnext3d() -> None:
         )
 
 
+def _clip_record(name: str) -> ModelRecord:
+    from vcf.models.openclip import clip_record  # open_clip and torch load only when a clip/ model is asked for
+
+    return clip_record(name)
+
+
 def _register_all() -> None:
+    register_family(CLIP_PREFIX, _clip_record)
     _register_torchvision()
     _register_wsl()
     _register_lite0()

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from vcf.errors import ModelError
-from vcf.models.registry import INTERPOLATIONS, ModelRecord, Preprocess, WeightsSource, get_model, register_family
+from vcf.models.registry import CLIP_PREFIX, INTERPOLATIONS, ModelRecord, Preprocess, WeightsSource, get_model
 
-CLIP_PREFIX = "clip/"
 TAG_SEPARATOR = ":"
 EMBED_LAYER = "embed"
 POOL_LAYER = "pool"
@@ -327,6 +326,3 @@ def encode_texts(
 ) -> np.ndarray:
     """Encodes ``texts`` with the text tower of ``model_name``; see :class:`TextEncoder`."""
     return TextEncoder(model_name, weights, device).encode(texts)
-
-
-register_family(CLIP_PREFIX, clip_record)

@@ -9,12 +9,14 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from vcf.errors import ModelError
 from vcf.model_kinds import KINDS, ModelKind
+
+if TYPE_CHECKING:  # torch is imported where a model is built: listing models must not pay for it
+    import torch
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +29,7 @@ KINETICS_MEAN_255 = (110.63666788, 103.16065604, 96.29023126)
 
 LAYER_ALIASES = {"logits": "fc"}
 TIMM_PREFIX = "timm/"
+CLIP_PREFIX = "clip/"  # open_clip image towers, resolved by vcf.models.openclip
 MODULES_ENV = "VCF_MODEL_MODULES"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -76,6 +79,8 @@ class Preprocess:
         Returns:
             The normalized tensor, same shape and dtype.
         """
+        import torch
+
         shape = [1] * x.dim()
         shape[channel_dim] = 3
         scale = self.value_scale
@@ -205,6 +210,8 @@ def _params_on_meta() -> Iterator[None]:
     widths with tensors and need real values for that. The patch is process-wide while it lasts, so
     modules built by other threads in that moment would land on the meta device too.
     """
+    from torch import nn
+
     register_parameter = nn.Module.register_parameter
     register_buffer = nn.Module.register_buffer
 
@@ -324,6 +331,8 @@ def _timm_record(name: str) -> ModelRecord:
     )
     classifier = model.get_classifier()
     feature_module = next((path for path, module in model.named_modules() if module is classifier), "")
+    from torch import nn
+
     if not feature_module or isinstance(classifier, nn.Identity) or not int(model.num_classes or 0):
         # No classifier (DINOv2, SigLIP towers): the output is forward_head(pre_logits=True).
         layers, output_layer, feature_module = {"avgpool": int(model.num_features)}, "avgpool", ""

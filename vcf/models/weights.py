@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import pickle
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from vcf.errors import ModelError, VcfError
 from vcf.io.atomic import atomic_write_text
 from vcf.models.registry import ModelRecord
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SHA_MEMO_NAME = ".vcf-sha256.json"
 _MODULE_PREFIX = "module."
@@ -42,7 +45,12 @@ RANDOM_WEIGHTS = WeightsInfo(source="random", sha256="")
 
 def cache_dir() -> Path:
     """The weights cache: torch hub's checkpoint directory, ``$TORCH_HOME/hub/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    torch = sys.modules.get("torch")
+    if torch is not None:  # torch.hub.set_dir may have moved it
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    # torch.hub.get_dir's default, without importing torch (seconds) just to read two variables.
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "torch"
+    return Path(os.environ.get("TORCH_HOME", str(cache))).expanduser() / "hub" / "checkpoints"
 
 
 def cached_path(record: ModelRecord) -> Path | None:
@@ -116,6 +124,8 @@ def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
 def _download(record: ModelRecord, target: Path) -> None:
     """Downloads the record's weights to ``target`` with torch hub's downloader (the one behind
     ``torch.hub.load_state_dict_from_url``), which checks the hash prefix and writes via a temporary file."""
+    import torch
+
     url = str(record.weights.url)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +184,8 @@ def read_weights_file(path: Path) -> Any:
     Raises:
         ModelError: The file is missing or cannot be read as weights.
     """
+    import torch
+
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
@@ -214,6 +226,8 @@ def extract_state(obj: Any, record: ModelRecord, source: str) -> dict[str, torch
     Raises:
         ModelError: The object holds no state dict or names another architecture.
     """
+    import torch
+
     if not isinstance(obj, Mapping):
         raise ModelError(f"{source} holds a {type(obj).__name__}, not a state dict")
     arch = obj.get("arch")
@@ -250,6 +264,8 @@ def fit_state(
     Raises:
         ModelError: Names or shapes differ; the message lists a few of each kind.
     """
+    import torch
+
     if record.weights.positional and set(state) != set(expected):
         state = _map_by_position(state, expected, record, source)
     state = dict(state)

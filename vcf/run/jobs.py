@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +51,14 @@ class ImageJob(ModelJob):
         paths: Image path of every input row.
         transform: The preprocessing (``read`` then call; ``views`` crops per image).
         workers: Loader processes (None: the engine's default).
+        decode_choices: Where the local engine decoded the images, and why (``vcf.run.schedule.DecodeChoice``
+            records it appends; other engines leave it empty). Never part of the output's settings.
     """
 
     paths: Sequence[Path] = ()
     transform: Any = None
     workers: int | None = None
+    decode_choices: list[Any] = field(default_factory=list)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from vcf.io.preprocess import FrameTransform, ImageError
 from vcf.models.inference import Inference
 from vcf.run.jobs import BatchOutput, ImageJob, VideoJob, VideoRows
 from vcf.run.processes import stream_isolated
+from vcf.run.schedule import DecodeChoice, choose_decoding
 
 # Images ------------------------------------------------------------------------------------------
 
@@ -133,13 +134,9 @@ def compute_batch(
     return indices, inference(pixels, transform.views), failed
 
 
-# With no --workers on a small CPU, the first batches are decoded in this process and timed; when decoding
-# takes more than this share of the model's time and the rest of the run is long enough to pay for
-# starting the loader processes, the rest goes to loader processes (light models: decoding is the
-# bottleneck; heavy ones: decoding between batches is the faster schedule).
+# With no --workers on a small CPU, the first batches are decoded in this process and timed against the model;
+# vcf.run.schedule decides from that where the rest is decoded.
 PROBE_BATCHES = 3
-LOADER_SWITCH_SHARE = 0.15
-LOADER_SWITCH_MIN_SECONDS = 120.0
 
 
 def _make_loader(dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device) -> DataLoader:
@@ -164,17 +161,22 @@ def _timed_batches(
     workers: int | None,
     device: torch.device,
     model_seconds: list[float],
+    chosen: list[DecodeChoice],
 ) -> Iterator[Batch]:
     """The batches, from the loader the run should use; ``model_seconds`` receives the model's time per batch.
 
     With ``workers`` given (or a device that gets loader processes by default) this is one loader. Else
-    the first :data:`PROBE_BATCHES` are decoded here and timed against the model, and the rest is handed
-    to one loader process per core when decoding is the larger cost (see :data:`LOADER_SWITCH_SHARE`).
-    The batches are the same either way, so the features are too.
+    the first :data:`PROBE_BATCHES` are decoded here and timed against the model, and
+    :func:`vcf.run.schedule.choose_decoding` says where the rest is decoded. The batches are the same
+    either way, so the features are too. ``chosen`` receives the choice.
     """
-    chosen = default_workers(device) if workers is None else workers
-    if workers is not None or chosen > 0 or len(batches) <= PROBE_BATCHES:
-        yield from _make_loader(dataset, batches, chosen, device)
+    cores = os.cpu_count() or 1
+    default = default_workers(device)
+    if workers is not None or default > 0:
+        reason = "--workers given" if workers is not None else f"the default on {device.type} with {cores} cores"
+        count = default if workers is None else workers
+        chosen.append(DecodeChoice(count, reason, cores=cores))
+        yield from _make_loader(dataset, batches, count, device)
         return
     decode_seconds = 0.0
     probe = iter(_make_loader(dataset, batches[:PROBE_BATCHES], 0, device))
@@ -185,24 +187,26 @@ def _timed_batches(
         if batch is None:
             break
         yield batch
-    model = sum(model_seconds)
-    per_batch = (decode_seconds + model) / PROBE_BATCHES
+    probed = sum(len(b) for b in batches[:PROBE_BATCHES])
     rest = batches[PROBE_BATCHES:]
-    cores = os.cpu_count() or 1
-    light = model > 0 and decode_seconds > LOADER_SWITCH_SHARE * model
-    yield from _make_loader(
-        dataset, rest, cores if light and per_batch * len(rest) >= LOADER_SWITCH_MIN_SECONDS else 0, device
-    )
+    choice = choose_decoding(decode_seconds, sum(model_seconds), probed, sum(len(b) for b in rest), cores)
+    chosen.append(choice)
+    if rest:
+        yield from _make_loader(dataset, rest, choice.workers, device)
 
 
 def image_batches(job: ImageJob, batches: list[list[int]]) -> Iterator[tuple[int, BatchOutput]]:
-    """Computes ``batches`` of ``job`` with loader processes (or none) and the model here, in order."""
+    """Computes ``batches`` of ``job`` with loader processes (or none) and the model here, in order.
+
+    Where the images were decoded is appended to ``job.decode_choices`` (a :class:`vcf.run.schedule.DecodeChoice`).
+    """
     if not batches:
         return
     inference = job.inference()
     dataset = ImageDataset(job.paths, job.transform)
     model_seconds: list[float] = []
-    for position, batch in enumerate(_timed_batches(dataset, batches, job.workers, inference.device, model_seconds)):
+    timed = _timed_batches(dataset, batches, job.workers, inference.device, model_seconds, job.decode_choices)
+    for position, batch in enumerate(timed):
         started = time.perf_counter()
         output = compute_batch(batch, inference, job.transform)
         model_seconds.append(time.perf_counter() - started)

@@ -149,6 +149,7 @@ def features_from_images(
             batches = [batch for number in todo for batch in plans[number].batches]
             outcomes = runner.image_batches(job, batches) if batches else iter(())
             result.computed = _commit_chunks(store, plans, todo, outcomes, reporter)
+            result.decoding = "; ".join(choice.describe() for choice in job.decode_choices) or None
 
             failures = [(ids[i], reason) for number in range(len(plans)) for i, reason in _chunk(store, number)[1]]
             for layer, manifest in manifests.items():

@@ -33,6 +33,8 @@ class FeaturesResult:
         failures: ``(item id, reason)`` of the items left out.
         failures_file: Where the failures are listed (None when there are none).
         up_to_date: True when every output already existed with the same settings.
+        decoding: Where the images were decoded and why (image runs of the local engine; never in the
+            manifest: it does not change the output).
     """
 
     collection: Path | None
@@ -43,6 +45,7 @@ class FeaturesResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     failures_file: Path | None = None
     up_to_date: bool = False
+    decoding: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as tvf
 
 from vcf.errors import VcfError
 from vcf.io.preprocess import FrameTransform, resize_without_antialias
@@ -144,6 +143,9 @@ class ExactResizeCrop:
     def __init__(self, size: tuple[int, int], crop: int, interpolation: str = "bilinear") -> None:
         self.size = (int(size[0]), int(size[1]))
         self.crop = crop
+        # torchvision is imported here, not with the module: image runs of non-torchvision models never pay for it.
+        from torchvision.transforms.v2 import functional as tvf
+
         self.interpolation = tvf.InterpolationMode(interpolation)
         self.views = 1
 
@@ -161,6 +163,8 @@ class ExactResizeCrop:
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB to (1, 3, crop, crop) uint8."""
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        from torchvision.transforms.v2 import functional as tvf
+
         image = resize_without_antialias(image, self.size, self.interpolation)
         return tvf.center_crop(image, [self.crop, self.crop]).unsqueeze(0).contiguous()
 

@@ -1,0 +1,77 @@
+"""Start-up: the commands that never run a model import no torch, and a features run imports only what it uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vcf.io.bigfile import write_bigfile
+from vcf.io.collection import Collection
+
+HEAVY = ("torch", "torchvision", "timm", "open_clip", "ray", "h5py", "faiss")
+# Runs the CLI in this process and prints which heavy modules it left imported.
+PROBE = """
+import json, sys
+from vcf.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    if exc.code not in (0, None):
+        raise
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def imported_by(argv: list[str]) -> list[str]:
+    """The heavy modules a fresh process has imported after running ``vcf ARGV``."""
+    code = PROBE.format(heavy=HEAVY)
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def pooled_collection(tmp_path: Path) -> Path:
+    """A collection with frame features of two videos, as ``vcf features`` would leave it."""
+    root = tmp_path / "coll"
+    ids = [f"v{video}_{frame}" for video in (1, 2) for frame in range(3)]
+    values = np.random.default_rng(0).standard_normal((len(ids), 4)).astype(np.float32)
+    write_bigfile(Collection(root).feature_dir("net,avgpool"), ids, values)
+    write_bigfile(Collection(root).feature_dir("net,fc"), ids, values[:, :2])
+    return root
+
+
+def test_help_and_models_import_no_torch() -> None:
+    commands = (["--help"], ["models"], ["models", "resnet*"], ["check", "--help"])
+    helps = [[name, "--help"] for name in ("features", "frames", "shots", "search", "index", "report", "merge")]
+    for argv in (*commands, *helps):
+        assert imported_by(argv) == [], argv
+
+
+def test_post_processing_commands_import_no_torch(pooled_collection: Path) -> None:
+    root = str(pooled_collection)
+    assert imported_by(["pool", root, "net,avgpool", "-q"]) == []
+    assert imported_by(["concat", root, "net,avgpool+net,fc", "-q"]) == []
+    assert (pooled_collection / "FeatureData" / "net,avgpool+net,fc").is_dir()
+    assert imported_by(["check", root]) == []
+    # Writing HDF5 needs h5py, and nothing heavier.
+    assert imported_by(["to-h5", root, "net,avgpool+net,fc", "-q"]) == ["h5py"]
+
+
+def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> None:
+    import cv2
+
+    root = tmp_path / "frames"
+    (root / "ImageData" / "v1").mkdir(parents=True)
+    image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(root / "ImageData" / "v1" / "v1_1.jpg"), image)
+    (root / "id.imagepath.txt").write_text(f"v1_1 {root / 'ImageData' / 'v1' / 'v1_1.jpg'}\n")
+    loaded = imported_by(["features", str(root), "--model", "test_tiny2d", "--device", "cpu", "-q"])
+    assert (root / "FeatureData" / "test_tiny2d,avgpool" / "feature.bin").is_file()
+    # torch and torchvision (its resize kernels) are the run's; timm, open_clip, ray, h5py and faiss are not.
+    assert set(loaded) == {"torch", "torchvision"}
