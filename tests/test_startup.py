@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,15 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
 
-def imported_by(argv: list[str]) -> list[str]:
-    """The heavy modules a fresh process has imported after running ``vcf ARGV``."""
+def imported_by(argv: list[str], test_models: bool = False) -> list[str]:
+    """The heavy modules a fresh process has imported after running ``vcf ARGV``.
+
+    Without ``test_models`` it runs as a user runs it: without the tests' own model module (tiny networks
+    built with torch, named in ``$VCF_MODEL_MODULES``).
+    """
     code = PROBE.format(heavy=HEAVY)
-    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    env = {key: value for key, value in os.environ.items() if test_models or key != "VCF_MODEL_MODULES"}
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -71,7 +77,7 @@ def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> Non
     image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     cv2.imwrite(str(root / "ImageData" / "v1" / "v1_1.jpg"), image)
     (root / "id.imagepath.txt").write_text(f"v1_1 {root / 'ImageData' / 'v1' / 'v1_1.jpg'}\n")
-    loaded = imported_by(["features", str(root), "--model", "test_tiny2d", "--device", "cpu", "-q"])
+    loaded = imported_by(["features", str(root), "--model", "test_tiny2d", "--device", "cpu", "-q"], test_models=True)
     assert (root / "FeatureData" / "test_tiny2d,avgpool" / "feature.bin").is_file()
     # torch and torchvision (its resize kernels) are the run's; timm, open_clip, ray, h5py and faiss are not.
     assert set(loaded) == {"torch", "torchvision"}
