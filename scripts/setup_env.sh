@@ -9,7 +9,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VCF_VENV:-.venv}
 EXTRAS=${VCF_EXTRAS-test,ray}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+# PYTHONWARNINGS: setuptools warns about editable installs in general; the set-up prints only what it does.
+pip_install() { PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
 pip_install --upgrade pip >/dev/null 2>&1 || true
 torch_version=${VCF_TORCH:-2.14.1}
 torchvision_version=${VCF_TORCHVISION:-0.29.1}
