@@ -21,7 +21,7 @@ def frames_command(
         False, "--relative-paths", help="Write image paths relative to the collection."
     ),
     video_timeout: opt.VideoTimeout = None,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo every video, even complete ones."),
+    overwrite: opt.RedoVideos = False,
     quiet: opt.Quiet = False,
     rootpath: opt.Rootpath = None,
     shard: opt.ShardSpec = None,

@@ -20,13 +20,13 @@ def shots_command(
     msb: Path = typer.Option(
         None, "--msb", help="Read shots from DIR/<vid>.msb (TRECVID master shot reference) instead of detecting."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
+    device: opt.DeviceOption = "auto",  # type: ignore[assignment]
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where it is fast), fp32 or bf16."),
     workers: int = typer.Option(
         None, "--workers", help="Videos processed in parallel [default: one per 4 cores; 1 on a GPU]."
     ),
     video_timeout: opt.VideoTimeout = None,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo every video, even complete ones."),
+    overwrite: opt.RedoVideos = False,
     quiet: opt.Quiet = False,
     rootpath: opt.Rootpath = None,
     shard: opt.ShardSpec = None,

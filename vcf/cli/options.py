@@ -34,6 +34,7 @@ Overwrite = Annotated[
         "--overwrite", help="Recompute and replace outputs, even up-to-date ones or ones made with other settings."
     ),
 ]
+RedoVideos = Annotated[bool, typer.Option("--overwrite", help="Redo every video, even complete ones.")]
 Workers = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(

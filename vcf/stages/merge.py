@@ -177,19 +177,13 @@ def plan_frames(coll: Collection, result: MergeResult, reporter: Reporter) -> tu
         if len({json.dumps(r.get(key), sort_keys=True) for r in records}) > 1:
             raise VcfError(f"cannot merge frames: the shards were run with different {key.replace('_', ' ')}")
 
-    def write() -> None:
-        with OutputLock(coll.frames_lock):
-            done = {video_id: units.from_json(data) for record in records for video_id, data in record["done"].items()}
-            total = units.write_indexes(coll, videos, done, bool(records[0]["relative_paths"]))
-            failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
-            layout.write_failures(coll.failures_file("frames"), failures)  # type: ignore[arg-type]
-            reporter.advance("rows", len(videos), description="frames")
-        remove_path(root)
-        result.merged["frames"] = count
-        result.rows["frames"] = total
-        result.failures["frames"] = len(failures)
+    def write_index(done: dict[str, Any]) -> int:
+        records_done = {video_id: units.from_json(data) for video_id, data in done.items()}
+        return units.write_indexes(coll, videos, records_done, bool(records[0]["relative_paths"]))
 
-    return len(videos), write
+    return len(videos), _video_parts_writer(
+        coll, "frames", coll.frames_lock, records, naming, write_index, len(videos), (result, reporter)
+    )
 
 
 def _video_parts(coll: Collection, stage: str, expected: list[list[str]]) -> list[dict[str, Any]]:
@@ -215,6 +209,34 @@ def _video_parts(coll: Collection, stage: str, expected: list[list[str]]) -> lis
     return records
 
 
+def _video_parts_writer(
+    coll: Collection,
+    stage: str,
+    lock: Path,
+    records: list[dict[str, Any]],
+    naming: list[tuple[str, str]],
+    write_index: Callable[[dict[str, Any]], int],
+    videos: int,
+    outcome: tuple[MergeResult, Reporter],
+) -> Callable[[], None]:
+    """What merging the video parts of ``stage`` writes: its index files (``write_index`` of every part's
+    finished videos), its failures file, and the result's counts; then the parts are removed."""
+    result, reporter = outcome
+
+    def write() -> None:
+        with OutputLock(lock):
+            total = write_index({video: data for record in records for video, data in record["done"].items()})
+            failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
+            layout.write_failures(coll.failures_file(stage), failures)  # type: ignore[arg-type]
+            reporter.advance("rows", videos, description=stage)
+        remove_path(coll.stage_shard_root(stage))
+        result.merged[stage] = len(records)
+        result.rows[stage] = total
+        result.failures[stage] = len(failures)
+
+    return write
+
+
 def plan_shots(coll: Collection, result: MergeResult, reporter: Reporter) -> tuple[int, Callable[[], None]]:
     root = coll.stage_shard_root("shots")
     count = _shard_count(root, "shots")
@@ -223,19 +245,13 @@ def plan_shots(coll: Collection, result: MergeResult, reporter: Reporter) -> tup
     if len({json.dumps(r["manifest"], sort_keys=True) for r in records}) > 1:
         raise VcfError("cannot merge shots: the shards were run with different settings; rerun them alike")
 
-    def write() -> None:
-        with OutputLock(coll.shots_lock):
-            done = {v: [(int(a), int(b)) for a, b in spans] for r in records for v, spans in r["done"].items()}
-            total = write_shots_index(coll, videos, done)
-            failures = sorted([*naming, *(tuple(f) for r in records for f in r["failures"])])
-            layout.write_failures(coll.failures_file("shots"), failures)  # type: ignore[arg-type]
-            reporter.advance("rows", len(videos), description="shots")
-        remove_path(root)
-        result.merged["shots"] = count
-        result.rows["shots"] = total
-        result.failures["shots"] = len(failures)
+    def write_index(done: dict[str, Any]) -> int:
+        spans = {video: [(int(a), int(b)) for a, b in shot_spans] for video, shot_spans in done.items()}
+        return write_shots_index(coll, videos, spans)
 
-    return len(videos), write
+    return len(videos), _video_parts_writer(
+        coll, "shots", coll.shots_lock, records, naming, write_index, len(videos), (result, reporter)
+    )
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
