@@ -201,7 +201,8 @@ def frames(
 def _clean_temps(coll: Collection, spec: Shard | None, dir_names: Iterable[str]) -> None:
     if spec is None:
         clean_stale_temps(coll.image_dir)
-        clean_stale_temps(coll.root)  # index files a killed run was writing
+        for index_dir in {coll.root, coll.videoset_file.parent, coll.imageset_file.parent}:
+            clean_stale_temps(index_dir)  # index files a killed run was writing
     else:
         # A shard cannot tell whether a pid on another node is alive; it owns its videos, so their temporaries
         # are stale.
