@@ -130,8 +130,9 @@ def test_loader_workers_default_is_the_same_in_every_mode(
 
     monkeypatch.setattr(local, "_make_loader", counting)
     monkeypatch.setattr(local, "default_workers", lambda device: 0)  # as on a 2-core CPU
-    monkeypatch.setattr(schedule, "LOADER_START_SECONDS", 0.0)
-    monkeypatch.setattr(schedule, "LOADER_SWITCH_SHARE", 0.0)  # decoding always counts as the larger cost
+    # Waiting for decoding always counts as the larger cost, and loaders always repay their start.
+    monkeypatch.setattr(schedule, "LOADER_START_SECONDS", float("-inf"))
+    monkeypatch.setattr(schedule, "LOADER_SWITCH_SHARE", -1.0)
     options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 2}
     features(videos, **options, **scale_out(mode, request))
     assert jobs == [None]  # no --workers: the engine's default, whatever the mode

@@ -294,9 +294,9 @@ def test_light_models_move_decoding_to_loader_processes(
 
     monkeypatch.setattr(feature_stage, "_make_loader", recording)
     monkeypatch.setattr(feature_stage, "default_workers", lambda device: 0)  # as on a 2-core CPU
-    monkeypatch.setattr(schedule, "LOADER_START_SECONDS", 0.0)
-    # Decoding always costs more than 0 x the model's time, never more than a million times it.
-    monkeypatch.setattr(schedule, "LOADER_SWITCH_SHARE", 0.0 if light else 1e6)
+    monkeypatch.setattr(schedule, "LOADER_START_SECONDS", float("-inf"))  # loaders always repay their start
+    # Waiting for decoding always costs more than -1 x the model's time, never more than a million times it.
+    monkeypatch.setattr(schedule, "LOADER_SWITCH_SHARE", -1.0 if light else 1e6)
     result = features(root, **options)
     switched = (os.cpu_count() or 1) if light and (os.cpu_count() or 1) > 1 else 0
     assert loaders == [(3, 0), (3, switched)]  # 6 batches: 3 probed here, 3 after

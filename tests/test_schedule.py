@@ -2,44 +2,87 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
-from vcf.run.schedule import LOADER_START_SECONDS, LOADER_SWITCH_SHARE, choose_decoding
+from vcf.run import local
+from vcf.run.schedule import LOADER_START_SECONDS, LOADER_SWITCH_SHARE, ProbeCosts, choose_decoding
 
 
-def saving(decode_ms: float, remaining: int, cores: int) -> float:
-    """Seconds loaders save over the rest: each image's decoding spread over all cores instead of one."""
-    return remaining * decode_ms / 1000 * (cores - 1) / cores
+def probe(decode_ms: float, wait_ms: float, model_ms: float, images: int = 48) -> ProbeCosts:
+    return ProbeCosts(decode_ms / 1000 * images, wait_ms / 1000 * images, model_ms / 1000 * images, images)
 
 
-def test_light_model_switches_even_for_a_short_run() -> None:
-    # 8 ms decoding vs 25 ms of model per image (a light model in bf16): a few hundred images repay the start.
-    remaining = 1 + int(LOADER_START_SECONDS / saving(8.0, 1, 2))
-    choice = choose_decoding(
-        decode_seconds=0.008 * 48, model_seconds=0.025 * 48, probed=48, remaining=remaining, cores=2
-    )
+def loader_saving(decode_ms: float, wait_ms: float, remaining: int, cores: int) -> float:
+    """Seconds loaders could save over the rest: the wait, down to the decoding's CPU time spread over the cores."""
+    return remaining * (wait_ms - decode_ms / cores) / 1000
+
+
+def test_a_long_run_that_waits_for_decoding_switches_to_loaders() -> None:
+    # The model waits 10 ms an image for 12 ms of decoding that 2 cores could do in 6 beside it.
+    remaining = 1 + int(LOADER_START_SECONDS / loader_saving(12.0, 10.0, 1, 2))
+    choice = choose_decoding(probe(12.0, 10.0, 25.0), remaining, cores=2)
     assert choice.workers == 2
-    assert choice.decode_ms == pytest.approx(8.0) and choice.model_ms == pytest.approx(25.0)
-    assert remaining * 0.025 < 120  # well under the two minutes a run once had to last before switching
-    assert "2 loader process(es)" in choice.describe() and "8.0 ms/img" in choice.describe()
+    assert choice.decode_ms == pytest.approx(12.0) and choice.model_ms == pytest.approx(25.0)
+    assert choice.wait_ms == pytest.approx(10.0)
+    assert "2 loader process(es)" in choice.describe() and "10.0 ms/img waited for" in choice.describe()
 
 
 def test_too_short_a_rest_stays_in_process() -> None:
-    remaining = int(LOADER_START_SECONDS / saving(8.0, 1, 2)) - 1
-    choice = choose_decoding(0.008 * 48, 0.025 * 48, 48, remaining, 2)
+    remaining = int(LOADER_START_SECONDS / loader_saving(12.0, 10.0, 1, 2)) - 1
+    choice = choose_decoding(probe(12.0, 10.0, 25.0), remaining, 2)
     assert choice.workers == 0
     assert "in the model's process" in choice.describe()
 
 
-def test_heavy_model_decodes_between_batches() -> None:
-    decode = 0.9 * LOADER_SWITCH_SHARE * 0.150  # just under the share of a 150 ms/img model
-    assert choose_decoding(decode * 32, 0.150 * 32, 32, 10**6, 2).workers == 0
+def test_decoding_hidden_beside_the_model_stays_in_process() -> None:
+    # A light model: 12.5 ms of decoding per image, of which the model waits 3.9 (less than loaders could
+    # reach, 12.5 / 2): however long the run, loaders would save nothing.
+    assert choose_decoding(probe(12.5, 3.9, 18.9), 10**7, 2).workers == 0
+
+
+def test_heavy_model_waiting_little_stays_in_process() -> None:
+    wait = 0.9 * LOADER_SWITCH_SHARE * 150.0  # just under the share of a 150 ms/img model
+    assert choose_decoding(probe(40.0, wait, 150.0), 10**7, 2).workers == 0
 
 
 def test_one_core_never_switches() -> None:
-    assert choose_decoding(0.050 * 32, 0.010 * 32, 32, 10**6, 1).workers == 0
+    assert choose_decoding(probe(50.0, 50.0, 10.0), 10**6, 1).workers == 0
 
 
 def test_a_run_within_the_probe_batches_reports_its_costs() -> None:
-    choice = choose_decoding(0.050 * 8, 0.010 * 8, 8, 0, 2)
-    assert choice.workers == 0 and choice.decode_ms == pytest.approx(50.0)
+    choice = choose_decoding(probe(50.0, 20.0, 10.0, images=8), 0, 2)
+    assert choice.workers == 0 and choice.decode_ms == pytest.approx(50.0) and choice.wait_ms == pytest.approx(20.0)
+
+
+class SlowDataset:
+    """Items that take a known time to make, recording which thread made them and its scheduling class."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.policies: dict[int, int] = {}
+
+    def __getitem__(self, index: int) -> tuple[int, None, str]:
+        time.sleep(self.seconds)
+        self.policies[index] = os.sched_getscheduler(0)
+        return index, None, f"item {index}"
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+def test_batches_are_decoded_ahead_by_idle_priority_threads() -> None:
+    dataset = SlowDataset(0.05)
+    batches = [[0, 1], [2, 3], [4, 5]]
+    started = time.perf_counter()
+    waits = []
+    for number, batch in enumerate(local._decoded_here(dataset, batches, threads=2)):  # type: ignore[arg-type]
+        waits.append(time.perf_counter() - started)
+        assert [index for index, _ in batch.failed] == batches[number]
+        time.sleep(0.2)  # the model's turn: the next batch is decoded meanwhile
+        started = time.perf_counter()
+    # Only the first batch is waited for; the others were ready when the model finished the one before.
+    assert waits[0] >= 0.05 and max(waits[1:]) < 0.04
+    assert set(dataset.policies.values()) == {os.SCHED_IDLE}
+    assert set(dataset.policies) == set(range(6))
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the model's thread keeps its class

@@ -14,7 +14,7 @@ import pytest
 from vcf.io.bigfile import write_bigfile
 from vcf.io.collection import Collection
 
-HEAVY = ("torch", "torchvision", "timm", "open_clip", "ray", "h5py", "faiss")
+HEAVY = ("torch", "torchvision", "torch._dynamo", "timm", "open_clip", "ray", "h5py", "faiss")
 # Runs the CLI in this process and prints which heavy modules it left imported.
 PROBE = """
 import json, sys
@@ -79,5 +79,32 @@ def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> Non
     (root / "id.imagepath.txt").write_text(f"v1_1 {root / 'ImageData' / 'v1' / 'v1_1.jpg'}\n")
     loaded = imported_by(["features", str(root), "--model", "test_tiny2d", "--device", "cpu", "-q"], test_models=True)
     assert (root / "FeatureData" / "test_tiny2d,avgpool" / "feature.bin").is_file()
-    # torch and torchvision (its resize kernels) are the run's; timm, open_clip, ray, h5py and faiss are not.
+    # torch and torchvision (its resize kernels) are the run's; torch._dynamo (nothing is compiled), timm,
+    # open_clip, ray, h5py and faiss are not.
     assert set(loaded) == {"torch", "torchvision"}
+
+
+# torchvision imported as vcf imports it, then what torchvision and torch._dynamo must still do.
+DYNAMO_PROBE = """
+import sys, torch
+from vcf.io.torchvision_import import import_torchvision
+models = import_torchvision("torchvision.models")
+models.resnet18().eval()(torch.zeros(1, 3, 32, 32))
+print("torch._dynamo" in sys.modules)
+from torchvision.ops import roi_align
+grid = torch.arange(16.0).reshape(1, 1, 4, 4)  # value 4 y + x
+print(roi_align(grid, torch.tensor([[0.0, 0.0, 0.0, 3.0, 3.0]]), output_size=1).item())
+print(torch.compile(lambda a: a * 2 + 1, backend="eager")(torch.ones(2)).tolist())
+print(type(sys.modules["torch._dynamo"].utils.is_compile_supported).__name__)
+"""
+
+
+def test_torchvision_is_imported_without_dynamo_which_still_works_when_needed() -> None:
+    run = subprocess.run([sys.executable, "-c", DYNAMO_PROBE], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dynamo_imported, pooled, compiled, real_function = run.stdout.split("\n")[:4]
+    assert dynamo_imported == "False"
+    # One bin over the box (0,0)-(3,3) averages 3x3 bilinear samples of a linear function: its centre's value.
+    assert float(pooled) == pytest.approx(4 * 1.5 + 1.5)
+    assert compiled == "[3.0, 3.0]"
+    assert real_function == "function"

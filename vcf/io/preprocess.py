@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as tvf
 
 from vcf.errors import VcfError
+from vcf.io.torchvision_import import import_torchvision
+
+tvf = import_torchvision("torchvision.transforms.v2.functional")
 
 OVERSAMPLE_RESIZE = 256
 OVERSAMPLE_CROP = 224

@@ -77,9 +77,9 @@ _TV_VIDEO: dict[str, tuple[int, str, int, float, bool]] = {
 
 
 def _tv_builder(name: str) -> nn.Module:
-    from torchvision import models
+    from vcf.io.torchvision_import import import_torchvision
 
-    return models.get_model(name, weights=None)
+    return import_torchvision("torchvision.models").get_model(name, weights=None)
 
 
 def _tv_preprocess(facts: TorchvisionWeights, video: bool = False) -> Preprocess:
@@ -151,9 +151,10 @@ _WSL_HASHES = {8: "c38310e5", 16: "c6f796b0", 32: "e4b90b00", 48: "3e41cc8a"}
 
 
 def _wsl_builder(width: int) -> nn.Module:
-    from torchvision.models.resnet import Bottleneck, ResNet
+    from vcf.io.torchvision_import import import_torchvision
 
-    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=width)
+    resnet = import_torchvision("torchvision.models.resnet")
+    return resnet.ResNet(resnet.Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=width)
 
 
 def _register_wsl() -> None:

@@ -10,6 +10,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from vcf.io.preprocess import FrameTransform, ImageError
 from vcf.models.inference import Inference
 from vcf.run.jobs import BatchOutput, ImageJob, VideoJob, VideoRows
 from vcf.run.processes import stream_isolated
-from vcf.run.schedule import DecodeChoice, choose_decoding
+from vcf.run.schedule import DecodeChoice, ProbeCosts, choose_decoding
 
 # Images ------------------------------------------------------------------------------------------
 
@@ -78,17 +79,22 @@ class ImageDataset(Dataset):
     def __init__(self, paths: Sequence[Path], transform: FrameTransform) -> None:
         self.paths = [str(p) for p in paths]
         self.transform = transform
+        # Per image decoded in this process, its thread's CPU time (the latest ones: enough for the probe batches).
+        self.cpu_seconds: deque[float] = deque(maxlen=4096)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        started = time.thread_time()
         try:
             return index, self.transform(self.transform.read(self.paths[index])), None
         except ImageError as exc:
             return index, None, str(exc)
         except Exception as exc:  # any decoder surprise is one bad image, not a dead run
             return index, None, f"cannot preprocess image: {exc}"
+        finally:
+            self.cpu_seconds.append(time.thread_time() - started)
 
 
 @dataclass
@@ -139,7 +145,41 @@ def compute_batch(
 PROBE_BATCHES = 3
 
 
-def _make_loader(dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device) -> DataLoader:
+def _idle_priority() -> None:
+    """Puts the calling thread in Linux's idle scheduling class: it runs on cores that nothing else wants."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: the thread keeps the normal priority
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _decoded_here(dataset: Dataset, batches: list[list[int]], threads: int) -> Iterator[Batch]:
+    """The batches decoded by ``threads`` threads of this process, each batch while the model runs the one before.
+
+    The threads run in the idle scheduling class, so they take the cores only when the model's threads leave
+    them (at their synchronisation points, between layers, while the host code runs): unlike a loader process
+    or a thread of normal priority, they never stall the model's threads. What they have not done when the
+    model wants the batch is finished on every core while the model waits. OpenCV's decoding and torch's
+    resizing release the GIL.
+    """
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vcf-decode", initializer=_idle_priority) as pool:
+        ahead: list[Future[Any]] | None = None
+        try:
+            for batch in batches:
+                submitted = [pool.submit(dataset.__getitem__, index) for index in batch]
+                if ahead is not None:
+                    yield collate([future.result() for future in ahead])
+                ahead = submitted
+            if ahead is not None:
+                yield collate([future.result() for future in ahead])
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _make_loader(
+    dataset: Dataset, batches: list[list[int]], workers: int, device: torch.device
+) -> DataLoader | Iterator[Batch]:
+    cores = os.cpu_count() or 1
+    if workers == 0 and device.type == "cpu" and cores > 1:
+        return _decoded_here(dataset, batches, cores)
     return DataLoader(
         dataset,
         batch_sampler=batches,
@@ -156,7 +196,7 @@ def _make_loader(dataset: Dataset, batches: list[list[int]], workers: int, devic
 
 
 def _timed_batches(
-    dataset: Dataset,
+    dataset: ImageDataset,
     batches: list[list[int]],
     workers: int | None,
     device: torch.device,
@@ -178,18 +218,20 @@ def _timed_batches(
         chosen.append(DecodeChoice(count, reason, cores=cores))
         yield from _make_loader(dataset, batches, count, device)
         return
-    decode_seconds = 0.0
+    wait_seconds = 0.0
     probe = iter(_make_loader(dataset, batches[:PROBE_BATCHES], 0, device))
     while True:
         started = time.perf_counter()
         batch = next(probe, None)
-        decode_seconds += time.perf_counter() - started
+        wait_seconds += time.perf_counter() - started
         if batch is None:
             break
         yield batch
     probed = sum(len(b) for b in batches[:PROBE_BATCHES])
     rest = batches[PROBE_BATCHES:]
-    choice = choose_decoding(decode_seconds, sum(model_seconds), probed, sum(len(b) for b in rest), cores)
+    decode_cpu = probed * sum(dataset.cpu_seconds) / max(len(dataset.cpu_seconds), 1)
+    costs = ProbeCosts(decode_cpu, wait_seconds, sum(model_seconds), probed)
+    choice = choose_decoding(costs, sum(len(b) for b in rest), cores)
     chosen.append(choice)
     if rest:
         yield from _make_loader(dataset, rest, choice.workers, device)

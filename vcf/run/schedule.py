@@ -1,4 +1,4 @@
-"""Where images are decoded: in the model's process between batches, or in loader processes beside it.
+"""Where images are decoded: by idle-priority threads of the model's process, or by loader processes beside it.
 
 The choice is made from the first batches of a run, decoded in this process and timed against the model,
 whatever the run's length. It never changes the features (the batches are the same either way), so it is
@@ -9,13 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Decoding must take at least this share of the model's time before loader processes are worth it: on a
-# small CPU the model's threads use every core, and a decoder preempting one of them stalls the others at
-# their next synchronisation, so a heavy model runs faster with decoding between its batches.
+# The model must wait for decoding at least this share of its own time before loader processes are tried:
+# on a small CPU the model's threads use every core, and a loader process preempting one of them stalls the
+# others at their next synchronisation.
 LOADER_SWITCH_SHARE = 0.15
 # CPU seconds it takes to start the loader processes (the fork server imports torch and OpenCV once, then
 # forks them): the time decoding beside the model must save over the rest of the run to be worth it.
 LOADER_START_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class ProbeCosts:
+    """What the first batches of a run cost, decoded in the model's process.
+
+    Attributes:
+        decode_cpu: CPU seconds the decoding threads spent reading and preprocessing the images.
+        wait: Seconds the model waited for its batches (the decoding it could not run beside the model).
+        model: Seconds the model took.
+        images: Images in those batches.
+    """
+
+    decode_cpu: float
+    wait: float
+    model: float
+    images: int
 
 
 @dataclass(frozen=True)
@@ -25,9 +42,10 @@ class DecodeChoice:
     Attributes:
         workers: Loader processes for the rest of the run (0: decoded in the model's process).
         reason: Why, in a few words.
-        decode_ms: Decoding and preprocessing, milliseconds per image in this process (None: not measured).
+        decode_ms: Decoding and preprocessing, CPU milliseconds per image (None: not measured).
         model_ms: The model, milliseconds per image (None: not measured).
         cores: CPU cores available.
+        wait_ms: Milliseconds per image the model waited for decoding (None: not measured).
     """
 
     workers: int
@@ -35,43 +53,44 @@ class DecodeChoice:
     decode_ms: float | None = None
     model_ms: float | None = None
     cores: int = 1
+    wait_ms: float | None = None
 
     def describe(self) -> str:
         """One line for the run's summary."""
         where = f"{self.workers} loader process(es)" if self.workers else "in the model's process"
         measured = ""
         if self.decode_ms is not None and self.model_ms is not None:
-            measured = f"; decode {self.decode_ms:.1f} ms/img vs model {self.model_ms:.1f} ms/img on {self.cores} cores"
+            waited = "" if self.wait_ms is None else f" ({self.wait_ms:.1f} ms/img waited for)"
+            model = f"model {self.model_ms:.1f} ms/img on {self.cores} cores"
+            measured = f"; decode {self.decode_ms:.1f} ms/img{waited} vs {model}"
         return f"decoding {where} ({self.reason}{measured})"
 
 
-def choose_decoding(
-    decode_seconds: float, model_seconds: float, probed: int, remaining: int, cores: int
-) -> DecodeChoice:
+def choose_decoding(costs: ProbeCosts, remaining: int, cores: int) -> DecodeChoice:
     """Decides from the probe batches whether the rest of a run decodes in loader processes.
 
-    In this process an image costs ``decode + model``; with loaders decoding on the cores beside the
-    model it costs about ``model + decode / cores`` (the decoding's CPU time spread over all cores), so the
-    rest of the run saves ``remaining * decode * (1 - 1 / cores)`` seconds, against
-    :data:`LOADER_START_SECONDS` to start the loaders and the stalls of :data:`LOADER_SWITCH_SHARE`.
+    In this process the images are decoded by idle-priority threads while the model runs the batch before,
+    so an image costs ``model + wait``: only the decoding the model's own threads left no room for shows.
+    Loaders can do no better than spread the decoding's CPU time over all cores, ``model + decode / cores``
+    per image, and they compete with the model's threads at normal priority; so they are started only when
+    the wait exceeds :data:`LOADER_SWITCH_SHARE` of the model and what they could save over the rest of the
+    run, ``remaining * (wait - decode / cores)``, exceeds :data:`LOADER_START_SECONDS`.
 
     Args:
-        decode_seconds: Seconds the probe batches took to read and preprocess in this process.
-        model_seconds: Seconds the model took on them.
-        probed: Images in the probe batches.
+        costs: What the probe batches cost.
         remaining: Images left after them.
         cores: CPU cores available.
     """
-    per_image = max(probed, 1)
-    decode, model = decode_seconds / per_image, model_seconds / per_image
-    measured = {"decode_ms": 1000 * decode, "model_ms": 1000 * model, "cores": cores}
+    per_image = max(costs.images, 1)
+    decode, wait, model = costs.decode_cpu / per_image, costs.wait / per_image, costs.model / per_image
+    measured = {"decode_ms": 1000 * decode, "model_ms": 1000 * model, "cores": cores, "wait_ms": 1000 * wait}
     if remaining == 0:
         return DecodeChoice(0, "the whole run fitted in the timed first batches", **measured)
     if cores < 2:
         return DecodeChoice(0, "one core: nothing to decode beside the model", **measured)
-    if model <= 0 or decode <= LOADER_SWITCH_SHARE * model:
-        return DecodeChoice(0, f"decoding under {LOADER_SWITCH_SHARE:.0%} of the model's time", **measured)
-    saving = remaining * decode * (1 - 1 / cores)
+    if model <= 0 or wait <= LOADER_SWITCH_SHARE * model:
+        return DecodeChoice(0, f"waiting under {LOADER_SWITCH_SHARE:.0%} of the model's time", **measured)
+    saving = remaining * (wait - decode / cores)
     if saving < LOADER_START_SECONDS:
-        return DecodeChoice(0, f"the rest would save {saving:.1f} s, under the loaders' start", **measured)
-    return DecodeChoice(cores, f"decoding {decode / model:.0%} of the model's time", **measured)
+        return DecodeChoice(0, f"loaders would save {max(saving, 0.0):.1f} s, under their start", **measured)
+    return DecodeChoice(cores, f"waiting {wait / model:.0%} of the model's time", **measured)
