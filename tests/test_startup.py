@@ -84,6 +84,25 @@ def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> Non
     assert set(loaded) == {"torch", "torchvision"}
 
 
+def test_torchvision_model_run_imports_no_compiler(tmp_path: Path) -> None:
+    """Building a torchvision model's skeleton on the meta device skips its random fills (they import torch._dynamo)."""
+    import cv2
+    import torch
+
+    from vcf.models import get_model
+
+    root = tmp_path / "frames"
+    (root / "ImageData" / "v1").mkdir(parents=True)
+    image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(root / "ImageData" / "v1" / "v1_1.jpg"), image)
+    (root / "id.imagepath.txt").write_text(f"v1_1 {root / 'ImageData' / 'v1' / 'v1_1.jpg'}\n")
+    weights = tmp_path / "resnet18.pth"
+    torch.save(get_model("resnet18").build().state_dict(), weights)
+    argv = ["features", str(root), "--model", "resnet18", "--weights", str(weights), "--device", "cpu", "-q"]
+    assert set(imported_by(argv)) == {"torch", "torchvision"}
+    assert (root / "FeatureData" / "resnet18,avgpool" / "feature.bin").stat().st_size == 512 * 4
+
+
 # torchvision imported as vcf imports it, then what torchvision and torch._dynamo must still do.
 DYNAMO_PROBE = """
 import sys, torch

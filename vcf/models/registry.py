@@ -208,7 +208,8 @@ def _params_on_meta() -> Iterator[None]:
 
     ``with torch.device("meta")`` is not enough: some builders (torchvision's RegNet) compute their layer
     widths with tensors and need real values for that. The patch is process-wide while it lasts, so
-    modules built by other threads in that moment would land on the meta device too.
+    modules built by other threads in that moment would land on the meta device too. The random
+    initialisations of the meta tensors are skipped (see :func:`_meta_init_skipped`).
     """
     from torch import nn
 
@@ -228,10 +229,33 @@ def _params_on_meta() -> Iterator[None]:
     nn.Module.register_parameter = meta_parameter  # type: ignore[method-assign]
     nn.Module.register_buffer = meta_buffer  # type: ignore[method-assign]
     try:
-        yield
+        with _meta_init_skipped():
+            yield
     finally:
         nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
         nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+
+
+# In-place random fills (and the clamp of a truncated normal) that torch runs on meta tensors through its
+# Python reference kernels, which import torch._dynamo (1 to 3 s) on their first call.
+_META_FILLS = ("normal_", "erfinv_", "clamp_", "exponential_", "log_normal_", "cauchy_", "geometric_")
+
+
+def _meta_init_skipped() -> contextlib.AbstractContextManager[None]:
+    """A torch function mode (this thread's) in which the random fills of :data:`_META_FILLS` leave meta tensors
+    as they are: they hold no values to fill, and the weights are assigned afterwards."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    skipped = {getattr(torch.Tensor, name) for name in _META_FILLS}
+
+    class SkipMetaFills(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func in skipped and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+                return args[0]
+            return func(*args, **(kwargs or {}))
+
+    return SkipMetaFills()
 
 
 _REGISTRY: dict[str, ModelRecord] = {}
