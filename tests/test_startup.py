@@ -69,7 +69,8 @@ def test_post_processing_commands_import_no_torch(pooled_collection: Path) -> No
     assert imported_by(["to-h5", root, "net,avgpool+net,fc", "-q"]) == ["h5py"]
 
 
-def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> None:
+def one_frame_collection(tmp_path: Path) -> Path:
+    """A collection of one random 64x48 JPEG frame listed in id.imagepath.txt."""
     import cv2
 
     root = tmp_path / "frames"
@@ -77,6 +78,11 @@ def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> Non
     image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     cv2.imwrite(str(root / "ImageData" / "v1" / "v1_1.jpg"), image)
     (root / "id.imagepath.txt").write_text(f"v1_1 {root / 'ImageData' / 'v1' / 'v1_1.jpg'}\n")
+    return root
+
+
+def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> None:
+    root = one_frame_collection(tmp_path)
     loaded = imported_by(["features", str(root), "--model", "test_tiny2d", "--device", "cpu", "-q"], test_models=True)
     assert (root / "FeatureData" / "test_tiny2d,avgpool" / "feature.bin").is_file()
     # torch and torchvision (its resize kernels) are the run's; torch._dynamo (nothing is compiled), timm,
@@ -86,16 +92,11 @@ def test_image_features_run_imports_no_optional_framework(tmp_path: Path) -> Non
 
 def test_torchvision_model_run_imports_no_compiler(tmp_path: Path) -> None:
     """Building a torchvision model's skeleton on the meta device skips its random fills (they import torch._dynamo)."""
-    import cv2
     import torch
 
     from vcf.models import get_model
 
-    root = tmp_path / "frames"
-    (root / "ImageData" / "v1").mkdir(parents=True)
-    image = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
-    cv2.imwrite(str(root / "ImageData" / "v1" / "v1_1.jpg"), image)
-    (root / "id.imagepath.txt").write_text(f"v1_1 {root / 'ImageData' / 'v1' / 'v1_1.jpg'}\n")
+    root = one_frame_collection(tmp_path)
     weights = tmp_path / "resnet18.pth"
     torch.save(get_model("resnet18").build().state_dict(), weights)
     argv = ["features", str(root), "--model", "resnet18", "--weights", str(weights), "--device", "cpu", "-q"]

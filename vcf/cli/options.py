@@ -39,8 +39,9 @@ Workers = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--workers",
-        help="Decoding processes; 0 decodes in this process [default: one a core with a GPU; on the CPU chosen "
-        "from the first batches' model and decoding times].",
+        help="Decoding processes; 0 decodes in this process (images: by idle-priority threads, a batch ahead of "
+        "the model) [default: frames, one a core; features, one a core with a GPU, on a CPU of up to 2 cores this "
+        "process unless its first batches show loader processes would pay, else a quarter of the cores].",
     ),
 ]
 VideoTimeout = Annotated[
