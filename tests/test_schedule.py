@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
 
-from vcf.run import local
+from vcf.run.idle_threads import IDLE_WAIT_SECONDS, decoded_ahead
 from vcf.run.schedule import LOADER_START_SECONDS, LOADER_SWITCH_SHARE, ProbeCosts, choose_decoding
 
 
@@ -57,32 +58,44 @@ def test_a_run_within_the_probe_batches_reports_its_costs() -> None:
     assert choice.workers == 0 and choice.decode_ms == pytest.approx(50.0) and choice.wait_ms == pytest.approx(20.0)
 
 
-class SlowDataset:
-    """Items that take a known time to make, recording which thread made them and its scheduling class."""
+class SlowItems:
+    """Items that take a known time to make, recording the scheduling class of the thread that made each."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, stuck_in_threads: bool = False) -> None:
         self.seconds = seconds
-        self.policies: dict[int, int] = {}
+        self.stuck_in_threads = stuck_in_threads  # in the pool's threads, an item takes ten seconds
+        self.policies: dict[int, list[int]] = {}
 
-    def __getitem__(self, index: int) -> tuple[int, None, str]:
-        time.sleep(self.seconds)
-        self.policies[index] = os.sched_getscheduler(0)
-        return index, None, f"item {index}"
+    def __call__(self, index: int) -> str:
+        stuck = self.stuck_in_threads and threading.current_thread() is not threading.main_thread()
+        time.sleep(10 if stuck else self.seconds)
+        self.policies.setdefault(index, []).append(os.sched_getscheduler(0))
+        return f"item {index}"
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
-def test_batches_are_decoded_ahead_by_idle_priority_threads() -> None:
-    dataset = SlowDataset(0.05)
+def test_batches_are_made_ahead_by_idle_priority_threads() -> None:
+    items = SlowItems(IDLE_WAIT_SECONDS / 5)
     batches = [[0, 1], [2, 3], [4, 5]]
     started = time.perf_counter()
     waits = []
-    for number, batch in enumerate(local._decoded_here(dataset, batches, threads=2)):  # type: ignore[arg-type]
+    for number, batch in enumerate(decoded_ahead(items, batches, threads=2)):
         waits.append(time.perf_counter() - started)
-        assert [index for index, _ in batch.failed] == batches[number]
-        time.sleep(0.2)  # the model's turn: the next batch is decoded meanwhile
+        assert batch == [f"item {index}" for index in batches[number]]
+        time.sleep(0.5)  # the model's turn: the next batch is made meanwhile
         started = time.perf_counter()
     # Only the first batch is waited for; the others were ready when the model finished the one before.
-    assert waits[0] >= 0.05 and max(waits[1:]) < 0.04
-    assert set(dataset.policies.values()) == {os.SCHED_IDLE}
-    assert set(dataset.policies) == set(range(6))
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the model's thread keeps its class
+    assert waits[0] >= IDLE_WAIT_SECONDS / 5 and max(waits[1:]) < IDLE_WAIT_SECONDS / 5
+    assert items.policies == {index: [os.SCHED_IDLE] for index in range(6)}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the consumer's thread keeps its class
+
+
+def test_threads_that_get_no_cpu_hold_the_consumer_up_once_a_batch() -> None:
+    # As beside a busy process of normal priority: the idle-class threads make no progress.
+    items = SlowItems(0.01, stuck_in_threads=True)
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    started = time.perf_counter()
+    made = list(decoded_ahead(items, batches, threads=2))
+    assert made == [[f"item {index}" for index in batch] for batch in batches]
+    # Each batch: one wait of IDLE_WAIT_SECONDS, then its four items made here (not the threads' ten seconds).
+    assert time.perf_counter() - started < 2 * (IDLE_WAIT_SECONDS + 4 * 0.01) + 1.0

@@ -10,7 +10,6 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from vcf.io.atomic import die_with_parent
 from vcf.io.preprocess import FrameTransform, ImageError
 from vcf.models.inference import Inference
+from vcf.run.idle_threads import decoded_ahead
 from vcf.run.jobs import BatchOutput, ImageJob, VideoJob, VideoRows
 from vcf.run.processes import stream_isolated
 from vcf.run.schedule import DecodeChoice, ProbeCosts, choose_decoding
@@ -145,33 +145,10 @@ def compute_batch(
 PROBE_BATCHES = 3
 
 
-def _idle_priority() -> None:
-    """Puts the calling thread in Linux's idle scheduling class: it runs on cores that nothing else wants."""
-    with contextlib.suppress(AttributeError, OSError):  # not Linux: the thread keeps the normal priority
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
 def _decoded_here(dataset: Dataset, batches: list[list[int]], threads: int) -> Iterator[Batch]:
-    """The batches decoded by ``threads`` threads of this process, each batch while the model runs the one before.
-
-    The threads run in the idle scheduling class, so they take the cores only when the model's threads leave
-    them (at their synchronisation points, between layers, while the host code runs): unlike a loader process
-    or a thread of normal priority, they never stall the model's threads. What they have not done when the
-    model wants the batch is finished on every core while the model waits. OpenCV's decoding and torch's
-    resizing release the GIL.
-    """
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vcf-decode", initializer=_idle_priority) as pool:
-        ahead: list[Future[Any]] | None = None
-        try:
-            for batch in batches:
-                submitted = [pool.submit(dataset.__getitem__, index) for index in batch]
-                if ahead is not None:
-                    yield collate([future.result() for future in ahead])
-                ahead = submitted
-            if ahead is not None:
-                yield collate([future.result() for future in ahead])
-        finally:
-            pool.shutdown(cancel_futures=True)
+    """The batches decoded by idle-priority threads of this process, each while the model runs the one before."""
+    for samples in decoded_ahead(dataset.__getitem__, batches, threads):
+        yield collate(samples)
 
 
 def _make_loader(
