@@ -46,12 +46,18 @@ class _StandIn(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)  # the import system's probes (``__file__``...) are not a use of dynamo
-        for stand_in in (_DYNAMO_UTILS, _DYNAMO):
-            if isinstance(sys.modules.get(stand_in), _StandIn):
-                del sys.modules[stand_in]
-        if isinstance(torch.__dict__.get("_dynamo"), _StandIn):
-            delattr(torch, "_dynamo")
+        _remove_stand_ins()
         return getattr(importlib.import_module(self.__name__), name)
+
+
+def _remove_stand_ins() -> None:
+    """Takes the stand-ins out of ``sys.modules`` and ``torch``: the next use of torch._dynamo imports the real one
+    (torch's module ``__getattr__`` imports it on first attribute access)."""
+    for name in (_DYNAMO_UTILS, _DYNAMO):
+        if isinstance(sys.modules.get(name), _StandIn):
+            del sys.modules[name]
+    if isinstance(torch.__dict__.get("_dynamo"), _StandIn):
+        delattr(torch, "_dynamo")
 
 
 def import_torchvision(module: str = "torchvision") -> types.ModuleType:
@@ -82,8 +88,4 @@ def import_torchvision(module: str = "torchvision") -> types.ModuleType:
     try:
         return importlib.import_module(module)
     finally:
-        for name in (_DYNAMO_UTILS, _DYNAMO):
-            if isinstance(sys.modules.get(name), _StandIn):
-                del sys.modules[name]
-        if isinstance(torch.__dict__.get("_dynamo"), _StandIn):
-            delattr(torch, "_dynamo")  # torch's module __getattr__ imports the real one on first use
+        _remove_stand_ins()

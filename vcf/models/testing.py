@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,47 +18,53 @@ from vcf.models.registry import (
     register,
 )
 
+# Layers of a tiny network by the rank of its input: convolution, batch norm, pooling, first stride.
+_TINY_LAYERS: dict[int, tuple[Any, Any, Any, Any]] = {
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d, 2),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.AdaptiveAvgPool3d, (1, 2, 2)),
+}
 
-class TinyNet2d(nn.Module):
-    """Two strided convolutions, global pooling and a linear layer: a fast stand-in for real CNNs."""
 
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+class TinyNet(nn.Module):
+    """Two strided convolutions, global pooling and a linear layer: a fast stand-in for real CNNs.
+
+    Args:
+        dims: 2 for (B, 3, H, W) images, 3 for (B, 3, T, H, W) clips (the first stride keeps time).
+        width: Channels of the pooled features.
+        num_classes: Outputs of the linear layer.
+    """
+
+    def __init__(self, dims: int = 2, width: int = 16, num_classes: int = 10) -> None:
         super().__init__()
+        conv, norm, pool, first_stride = _TINY_LAYERS[dims]
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(8),
+            conv(3, 8, 3, stride=first_stride, padding=1, bias=False),
+            norm(8),
             nn.ReLU(inplace=True),
-            nn.Conv2d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width),
+            conv(8, width, 3, stride=2, padding=1, bias=False),
+            norm(width),
             nn.ReLU(inplace=True),
         )
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = pool(1)
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, H, W) images to (B, num_classes) logits."""
+        """Maps images or clips to (B, num_classes) logits."""
         return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-class TinyNet3d(nn.Module):
-    """The 3D counterpart of :class:`TinyNet2d`, for (B, 3, T, H, W) clips."""
+class TinyNet2d(TinyNet):
+    """:class:`TinyNet` for (B, 3, H, W) images."""
 
     def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv3d(3, 8, 3, stride=(1, 2, 2), padding=1, bias=False),
-            nn.BatchNorm3d(8),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(8, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm3d(width),
-            nn.ReLU(inplace=True),
-        )
-        self.avgpool = nn.AdaptiveAvgPool3d(1)
-        self.fc = nn.Linear(width, num_classes)
+        super().__init__(2, width, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 3, T, H, W) clips to (B, num_classes) logits."""
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+class TinyNet3d(TinyNet):
+    """:class:`TinyNet` for (B, 3, T, H, W) clips."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__(3, width, num_classes)
 
 
 def _seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:

@@ -28,6 +28,7 @@ from vcf.stages.check_outputs import (
     check_shards,
     read_lines,
     relative_name,
+    videos_left,
 )
 from vcf.stages.check_shots import check_shots
 
@@ -278,14 +279,8 @@ def _check_video_indexes(
         if expected is not None and list_file.is_file() and sorted(layout.read_id_list(list_file)) != sorted(expected):
             findings.add(relative_name(coll, list_file), f"its ids differ from {what}", kind=f"{list_file.name} ids")
     if coll.video_dir.is_dir() and coll.image_dir.is_dir():
-        failed = {line.split(" ", 1)[0] for line in read_lines(coll.failures_file("frames")) if line.strip()}
         listed = {shot_videos.get(item, item) for item in video_ids}  # a shot's frames are its video's
-        waiting = [
-            video
-            for video in map(layout.video_id_of, layout.list_video_files(coll))
-            # Ids with whitespace can never be indexed; frames lists them as failures under an escaped name.
-            if video not in listed and video not in failed and not layout.has_whitespace(video)
-        ]
+        waiting = videos_left(coll, "frames", listed)
         if waiting:
             findings.add(
                 relative_name(coll, coll.video_dir),

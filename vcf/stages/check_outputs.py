@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vcf.errors import CollectionError, FeatureFileError, VcfError
+from vcf.io import collection as layout
 from vcf.io.atomic import TMP_MARK, lock_owner, pid_alive, recorded_pid
 from vcf.io.bigfile import BigFile
 from vcf.io.collection import WORK_PREFIX, Collection
@@ -104,6 +105,20 @@ def read_lines(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except OSError:
         return []
+
+
+def videos_left(coll: Collection, stage: str, done: set[str]) -> list[str]:
+    """Videos of VideoData a stage has neither done (``done``) nor listed in its failures file, in file order.
+
+    Ids with whitespace are left out: they can never be indexed, and the stage lists them as failures under an
+    escaped name.
+    """
+    failed = {line.split(" ", 1)[0] for line in read_lines(coll.failures_file(stage)) if line.strip()}
+    return [
+        video
+        for video in map(layout.video_id_of, layout.list_video_files(coll))
+        if video not in done and video not in failed and not layout.has_whitespace(video)
+    ]
 
 
 # Leftovers of killed runs ------------------------------------------------------------------------

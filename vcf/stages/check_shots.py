@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 
 from vcf.errors import IndexFormatError
-from vcf.io import collection as layout
 from vcf.io.collection import Collection
 from vcf.io.shotlist import Shot, read_msb, read_shots_index
-from vcf.stages.check_outputs import Findings, read_lines, relative_name
+from vcf.stages.check_outputs import Findings, read_lines, relative_name, videos_left
 
 
 def check_shots(coll: Collection, findings: Findings) -> dict[str, str]:
@@ -103,12 +102,7 @@ def _check_frame_counts(coll: Collection, rel: str, shots: dict[str, list[Shot]]
 def _check_unprocessed(coll: Collection, rel: str, shots: dict[str, list[Shot]], findings: Findings) -> None:
     if not coll.video_dir.is_dir():
         return
-    failed = {line.split(" ", 1)[0] for line in read_lines(coll.failures_file("shots")) if line.strip()}
-    waiting = [
-        video
-        for video in map(layout.video_id_of, layout.list_video_files(coll))
-        if video not in shots and video not in failed and not layout.has_whitespace(video)
-    ]
+    waiting = videos_left(coll, "shots", set(shots))
     if waiting:
         findings.add(
             relative_name(coll, coll.video_dir),
