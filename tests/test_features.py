@@ -261,15 +261,32 @@ def test_decode_on_device_isolates_bad_images_in_a_batch(framed_reference: Path)
 
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler")
-def test_compiled_model_gives_the_same_features(framed_reference: Path) -> None:
+def test_compiled_model_gives_the_same_features(framed_reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vcf.models import compile_rule
+    from vcf.models.inference import cpu_kind
+
     root = framed_reference
     options = {"model": TINY, "layers": ["avgpool"], "precision": "fp32", "batch_size": 4, "workers": 0}
-    eager_dir = features(root, **options).feature_dirs["avgpool"]
+    eager_result = features(root, compile_model=False, **options)
+    eager_dir = eager_result.feature_dirs["avgpool"]
+    eager_bytes = (eager_dir / "feature.bin").read_bytes()
     eager = BigFile(eager_dir).matrix()
     assert "compiled" not in json.loads((eager_dir / "manifest.json").read_text())
-    compiled_dir = features(root, overwrite=True, compile_model=True, **options).feature_dirs["avgpool"]
+    # The automatic choice, with a measurement saying compiling pays from the first image: complete eager
+    # outputs are kept, and recomputing compiles.
+    gain = compile_rule.CompileGain(10.0, 1.0, 0.001, torch.get_num_threads(), "test")
+    monkeypatch.setitem(compile_rule.MEASURED, (TINY, "fp32", cpu_kind()), gain)
+    kept = features(root, **options)
+    assert kept.up_to_date and (eager_dir / "feature.bin").read_bytes() == eager_bytes
+    compiled_result = features(root, overwrite=True, **options)
+    assert compiled_result.compiled.startswith("compiled (")
+    compiled_dir = compiled_result.feature_dirs["avgpool"]
     assert cosine_rows(BigFile(compiled_dir).matrix(), eager).min() >= 0.99999
     assert json.loads((compiled_dir / "manifest.json").read_text())["compiled"] == "torch.compile"
+    # Without the measurement the automatic choice is eager, and keeps the complete compiled outputs.
+    monkeypatch.delitem(compile_rule.MEASURED, (TINY, "fp32", cpu_kind()))
+    again = features(root, **options)
+    assert again.up_to_date and json.loads((compiled_dir / "manifest.json").read_text())["compiled"]
     with pytest.raises(VcfError, match="--compile applies to JPEG frames"):
         features(root, from_video=True, compile_model=True, model=TINY)
 

@@ -59,6 +59,18 @@ def cpu_has_fast_bf16() -> bool:
     return cpu_has_amx() or _cpu_probe("_is_avx512_bf16_supported")
 
 
+def cpu_kind() -> str:
+    """What decides this CPU's bf16 speed: ``amx``, ``avx512_bf16`` (native, without AMX) or ``other``."""
+    if cpu_has_amx():
+        return "amx"
+    return "avx512_bf16" if _cpu_probe("_is_avx512_bf16_supported") else "other"
+
+
+def device_kind(device: torch.device) -> str:
+    """``cuda``, or the CPU's kind (:func:`cpu_kind`): what measured speeds are keyed by."""
+    return "cuda" if device.type == "cuda" else cpu_kind()
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 on CUDA devices that support it and on CPUs with native bf16, fp16 on older GPUs, else fp32."""
     if precision not in PRECISIONS:

@@ -9,12 +9,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import torch
 
 from vcf.errors import VcfError
 from vcf.io import collection as layout
 from vcf.io.atomic import OutputLock, clean_stale_temps, remove_path
 from vcf.io.preprocess import FrameTransform
-from vcf.models.inference import Normalization
+from vcf.models.compile_rule import choose_compile
+from vcf.models.inference import Normalization, device_kind
 from vcf.progress import ProgressCallback, Reporter
 from vcf.run.engines import open_engine, parse_scale_out
 from vcf.run.jobs import BatchOutput, ImageJob
@@ -28,6 +30,7 @@ from vcf.stages.outputs import (
     digest,
     finished_part,
     output_dirs,
+    outputs_complete,
     outputs_lock_key,
     part_matches,
     pending_outputs,
@@ -49,7 +52,7 @@ def features_from_images(
     progress: ProgressCallback | None = None,
     fast_decode: bool = False,
     decode_on_device: bool = False,
-    compile_model: bool = False,
+    compile_model: bool | None = None,
 ) -> FeaturesResult:
     """Computes features of the frames of ``id.imagepath.txt`` (see :func:`vcf.stages.features.features`)."""
     if run.batch_size < 1:
@@ -94,8 +97,18 @@ def features_from_images(
                 "files_sha256": layout.files_digest(coll, [path for _, path in items]),  # the frames' sizes and mtimes
             },
         }
-        if compile_model:  # absent otherwise, so that manifests of earlier runs still match
-            settings["compiled"] = "torch.compile"
+        compiled_settings = {**settings, "compiled": "torch.compile"}  # absent when eager: earlier manifests match
+        other = None  # the choice not taken, whose complete outputs are kept (an automatic choice varies by size)
+        if compile_model is None:
+            choice = choose_compile(
+                record.name, chosen_precision, device_kind(torch_device), len(items), torch.get_num_threads()
+            )
+            compile_model, compiled_reason = choice.compile, choice.reason
+            other = settings if compile_model else compiled_settings
+        else:
+            compiled_reason = "compiled (--compile)" if compile_model else None
+        if compile_model:
+            settings = compiled_settings
         job = ImageJob(
             extractor=extractor,
             # Registry means and stds are on the [0, 1] scale whatever the model's original value scale.
@@ -110,12 +123,15 @@ def features_from_images(
         ids = [frame_id for frame_id, _ in items]
         work = {"settings": settings, "layers": run.layers, "oversample": run.oversample}
         layers, oversample = work["layers"], work["oversample"]
-        result = FeaturesResult(collection=coll.root)
+        result = FeaturesResult(collection=coll.root, compiled=compiled_reason)
         outputs = output_dirs(coll, work["settings"]["model"], layers, oversample)
         result.feature_dirs = dict(outputs)
         count = len(ids)
         with OutputLock(coll.features_lock(outputs_lock_key(outputs), None if spec is None else spec.name)):
             clean_stale_temps(coll.feature_root)
+            if other is not None and not run.overwrite and outputs_complete(outputs, other, oversample):
+                work["settings"] = other
+                result.compiled = None
             manifests = pending_outputs(outputs, work["settings"], oversample, run.overwrite, result)
             if not manifests:
                 result.up_to_date = True

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcf.errors import FeatureFileError, IndexFormatError, VcfError
+from vcf.errors import FeatureFileError, IndexFormatError, OutputExistsError, VcfError
 from vcf.io import collection as layout
 from vcf.io.atomic import read_manifest
 from vcf.io.bigfile import BigFile, reusable_output
@@ -35,6 +35,7 @@ class FeaturesResult:
         up_to_date: True when every output already existed with the same settings.
         decoding: Where the images were decoded and why (image runs of the local engine; never in the
             manifest: it does not change the output).
+        compiled: Whether the model ran compiled and why (image runs; the manifest records ``compiled``).
     """
 
     collection: Path | None
@@ -46,6 +47,7 @@ class FeaturesResult:
     failures_file: Path | None = None
     up_to_date: bool = False
     decoding: str | None = None
+    compiled: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,14 @@ def pending_outputs(
         else:
             result.shapes[layer] = (existing.nr_of_images, existing.ndims)
     return pending
+
+
+def outputs_complete(outputs: dict[str, Path], settings: dict[str, Any], oversample: bool) -> bool:
+    """True when every output exists, complete, made with ``settings``."""
+    try:
+        return not pending_outputs(outputs, settings, oversample, False, FeaturesResult(collection=None))
+    except OutputExistsError:
+        return False
 
 
 def resolve_model(model: str, layers: Sequence[str], weights: str | os.PathLike[str] | None) -> tuple[Any, Any, Any]:
