@@ -36,29 +36,36 @@ def test_measured_models_are_registry_models(model: str) -> None:
     assert get_model(model).name == model
 
 
-def test_choice_follows_the_measurement_and_the_run_size() -> None:
-    (model, precision, kind), gain = next((k, g) for k, g in MEASURED.items() if math.isfinite(g.break_even(2)))
-    needed = math.ceil(gain.break_even(2))
-    assert choose_compile(model, precision, kind, needed, 2).compile
-    below = choose_compile(model, precision, kind, needed - 1, 2)
+# A gain that pays: eager 30 ms an image, compiled 20, a 40 s compile (break-even 8,000 images on 2 cores).
+PAYING = CompileGain(30.0, 20.0, 40.0, 2, "test")
+PAYING_KEY = ("resnet50", "bf16", "test-cpu")
+
+
+def test_choice_follows_the_measurement_and_the_run_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(MEASURED, PAYING_KEY, PAYING)
+    needed = math.ceil(PAYING.break_even(2))
+    assert needed == math.ceil(WIN * 40_000 / (30 - WIN * 20))
+    assert choose_compile(*PAYING_KEY, needed, 2).compile
+    below = choose_compile(*PAYING_KEY, needed - 1, 2)
     assert not below.compile and f"pays from {needed:,} images" in below.reason
     # More cores make eager faster and the same compile a larger share: a larger run is needed.
-    assert not choose_compile(model, precision, kind, needed, 8).compile
-    unmeasured = choose_compile(model, precision, "cuda", 10**9, 2)
+    assert not choose_compile(*PAYING_KEY, needed, 8).compile
+    assert choose_compile(*PAYING_KEY, 4 * needed, 8).compile
+    unmeasured = choose_compile("resnet50", "bf16", "cuda", 10**9, 2)
     assert not unmeasured.compile and "no measured compile gain" in unmeasured.reason
 
 
 def test_no_compile_without_a_cxx_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    model, precision, kind = next(k for k, g in MEASURED.items() if math.isfinite(g.break_even(2)))
+    monkeypatch.setitem(MEASURED, PAYING_KEY, PAYING)
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no compiler to find
-    choice = choose_compile(model, precision, kind, 10**7, 2)
+    choice = choose_compile(*PAYING_KEY, 10**7, 2)
     assert not choice.compile and "no C++ compiler" in choice.reason
     compiler = tmp_path / "my-cxx"
     compiler.write_text("#!/bin/sh\n", encoding="utf-8")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", "my-cxx")
-    assert choose_compile(model, precision, kind, 10**7, 2).compile
+    assert choose_compile(*PAYING_KEY, 10**7, 2).compile
 
 
 def test_equal_architectures_share_a_measurement() -> None:
