@@ -97,6 +97,17 @@ def write_frame_set(
     return [(f"{written[n % len(written)][0]}r{n}", written[n % len(written)][1]) for n in range(count)]
 
 
+def random_weights(model: str, path: Path) -> Path:
+    """Seeded random weights of a registry model saved as a plain state dict (same speed as published ones)."""
+    import torch
+
+    from vcf.models import get_model
+
+    torch.manual_seed(0)
+    torch.save(get_model(model).build().state_dict(), path)
+    return path
+
+
 def make_image_collection(root: Path, items: Sequence[tuple[str, Path]]) -> Path:
     """A collection directory whose id.imagepath.txt lists ``items`` (absolute paths)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -44,16 +44,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def random_weights(model: str, path: Path) -> Path:
-    import torch
-
-    from vcf.models import get_model
-
-    torch.manual_seed(0)
-    torch.save(get_model(model).build().state_dict(), path)
-    return path
-
-
 def main() -> None:
     args = parse_args()
     print(f"machine: {common.machine()}")
@@ -63,7 +53,7 @@ def main() -> None:
         frames = common.write_frame_set(work / "frames", args.large, common.SIZE_720P)
         sizes = {"small": args.small, "large": args.large}
         collections = {k: common.make_image_collection(work / k, frames[:n]) for k, n in sizes.items()}
-        weights = random_weights(args.model, work / "weights.pth")
+        weights = common.random_weights(args.model, work / "weights.pth")
         cache = work / "inductor"
 
         def run(size: str, compiled: bool) -> tuple[float, np.ndarray]:

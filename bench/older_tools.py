@@ -87,17 +87,6 @@ def vcf_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "vcf", *args]
 
 
-def random_weights(model: str, path: Path) -> Path:
-    """Random weights of the registry's ``model`` saved as a plain state dict (the same file for every tool)."""
-    import torch
-
-    from vcf.models import get_model
-
-    torch.manual_seed(0)
-    torch.save(get_model(model).build().state_dict(), path)
-    return path
-
-
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
     """(largest |difference| relative to the largest |value| of theirs, smallest row cosine)."""
     scale = float(np.abs(theirs).max()) or 1.0
@@ -165,7 +154,7 @@ def seed_rounds(args: argparse.Namespace, work: Path, weights: Path) -> list[lis
     # side 256, centre 224, bilinear): resnet50's current weights are evaluated at 232, which vcf follows.
     for root in roots.values():
         common.make_image_collection(root / "bench", frames[: args.compare_images])
-    compare_weights = random_weights(args.compare_model, work / f"{args.compare_model}-random.pth")
+    compare_weights = common.random_weights(args.compare_model, work / f"{args.compare_model}-random.pth")
     _, theirs = seed.run(args.compare_model, compare_weights)
     for label, extra in (("", ()), (" --resize-backend pil", ("--resize-backend", "pil"))):
         _, mine = vcf_features(ours, args.compare_model, compare_weights, "--precision", "fp32", *extra)
@@ -247,7 +236,7 @@ def video_rounds(args: argparse.Namespace, work: Path, weights: Path) -> list[li
         vcf_default, _ = vcf_csv(work, args.model, weights, videos)
         rows.append([f"video_features {args.model} fp32 b{args.batch_size_vf}, round {round_no}", frames, seconds])
         rows.append([f"vcf features --csv {args.model} (auto precision), round {round_no}", frames, vcf_default])
-    compare_weights = random_weights(args.compare_model, work / f"{args.compare_model}-random.pth")
+    compare_weights = common.random_weights(args.compare_model, work / f"{args.compare_model}-random.pth")
     first = videos[:1]
     _, theirs = tool.run(args.compare_model, compare_weights, first)
     for label, extra in (("", ()), (" --resize-backend pil", ("--resize-backend", "pil"))):
@@ -275,23 +264,23 @@ def render(rows: list[list[object]], unit: str) -> str:
 
 def main() -> None:
     args = parse_args()
-    if args.seed_tool is None and args.video_features is None:
+    # (option naming the older tool's checkout, its rounds, what the rows count) by the tool's row label.
+    tools = {
+        "seed tool": ("seed_tool", seed_rounds, "images"),
+        "video_features": ("video_features", video_rounds, "frames"),
+    }
+    chosen = {label: tool for label, tool in tools.items() if getattr(args, tool[0]) is not None}
+    if not chosen:
         raise SystemExit("give --seed-tool DIR and/or --video-features DIR (checkouts of the older tools)")
     print(common.machine())
     headline = []
     with common.temp_dir("vcf-bench-older-") as work:
-        weights = random_weights(args.model, work / f"{args.model}-random.pth")
-        if args.seed_tool is not None:
-            rows = seed_rounds(args, work, weights)
-            print(render(rows, "images"))
-            found = ratios(rows, "seed tool")
-            print("seed tool / vcf wall clock per round: " + ", ".join(f"{r:.2f}x" for r in found))
-            headline += found
-        if args.video_features is not None:
-            rows = video_rounds(args, work, weights)
-            print(render(rows, "frames"))
-            found = ratios(rows, "video_features")
-            print("video_features / vcf wall clock per round: " + ", ".join(f"{r:.2f}x" for r in found))
+        weights = common.random_weights(args.model, work / f"{args.model}-random.pth")
+        for label, (_, rounds, unit) in chosen.items():
+            rows = rounds(args, work, weights)
+            print(render(rows, unit))
+            found = ratios(rows, label)
+            print(f"{label} / vcf wall clock per round: " + ", ".join(f"{r:.2f}x" for r in found))
             headline += found
     print(common.headline("older tool / vcf wall clock, worst", min(headline)))
 
