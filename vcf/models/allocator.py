@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 # glibc's mallopt parameters (malloc.h).
@@ -26,11 +25,9 @@ def keep_freed_memory() -> bool:
     Returns:
         True when the C library took both settings (glibc); False elsewhere, where nothing changes.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, TypeError, AttributeError):  # not glibc, or no C library found
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs with
+    except (OSError, AttributeError):  # no mallopt: not glibc
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
