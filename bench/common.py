@@ -252,6 +252,20 @@ with open("/proc/self/status", encoding="ascii") as _status:
 """
 
 
+def timed(argv: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of a command run to completion in a fresh process (``env`` added to this one's).
+
+    Raises:
+        SystemExit: The command failed.
+    """
+    start = time.perf_counter()
+    proc = subprocess.run(list(argv), cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr.strip()[-3000:]}")
+    return elapsed
+
+
 def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[float, int, str]:
     """Runs ``python -c code args`` in a fresh process.
 

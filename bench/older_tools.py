@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,20 +66,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
-    """Wall seconds of a command run to completion in a fresh process.
-
-    Raises:
-        RuntimeError: The command failed.
-    """
-    start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return elapsed
-
-
 def vcf_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "vcf", *args]
 
@@ -112,8 +95,8 @@ class SeedTool:
             "--model_dir", str(hub), "--model_name", model, "--batch_size", str(self.batch_size),
         ]  # fmt: skip
         txt2bin = [sys.executable, "txt2bin.py", "0", str(feat_dir / "id.feature.txt"), "0", str(feat_dir)]
-        seconds = timed(extract, cwd=self.checkout, env={"HOME": str(self.work)})
-        seconds += timed([*txt2bin, "--overwrite", "1"], cwd=self.checkout)
+        seconds = common.timed(extract, cwd=self.checkout, env={"HOME": str(self.work)})
+        seconds += common.timed([*txt2bin, "--overwrite", "1"], cwd=self.checkout)
         return seconds, feat_dir
 
 
@@ -122,7 +105,7 @@ def vcf_features(collection: Path, model: str, weights: Path, *extra: str) -> tu
     argv = vcf_command(
         "features", str(collection), "--model", model, "--weights", str(weights), "--overwrite", "--quiet", *extra
     )
-    return timed(argv), collection / "FeatureData" / f"{model},avgpool"
+    return common.timed(argv), collection / "FeatureData" / f"{model},avgpool"
 
 
 def compare(ours_dir: Path, theirs_dir: Path) -> tuple[float, float]:
@@ -190,7 +173,7 @@ class VideoFeatures:
             f"batch_size={self.batch_size}", f"file_with_video_paths={listing}", "on_extraction=save_numpy",
             f"output_path={out}", f"tmp_path={self.work / 'vf-tmp'}",
         ]  # fmt: skip
-        seconds = timed(argv, cwd=self.checkout.parent, env={"TORCH_HOME": str(self.torch_home)})
+        seconds = common.timed(argv, cwd=self.checkout.parent, env={"TORCH_HOME": str(self.torch_home)})
         written = {v.stem: out / "resnet" / model / f"{v.stem}_resnet.npy" for v in videos}
         missing = [str(p) for p in written.values() if not p.is_file()]
         if missing:  # it reports a failed video and exits 0
@@ -210,7 +193,7 @@ def vcf_csv(work: Path, model: str, weights: Path, videos: list[Path], *extra: s
         "features", "--csv", str(table_path), "--model", model, "--weights", str(weights), "--every", "1",
         "--overwrite", "--quiet", *extra,
     )  # fmt: skip
-    return timed(argv), {v.stem: out / f"{v.stem}.npy" for v in videos}
+    return common.timed(argv), {v.stem: out / f"{v.stem}.npy" for v in videos}
 
 
 def compare_npy(ours: dict[str, Path], theirs: dict[str, Path]) -> tuple[float, float]:
@@ -229,11 +212,11 @@ def video_rounds(args: argparse.Namespace, work: Path, weights: Path) -> list[li
     """video_features vs ``vcf features --csv`` over the real videos, every frame; then the fp32 comparison."""
     videos = common.real_videos()
     tool = VideoFeatures(args.video_features, args.video_features_python, work, args.batch_size_vf)
-    frames = sum(len(common.decode_all(v)) for v in videos)
     rows: list[list[object]] = []
     for round_no in range(1, args.repeat + 1):
-        seconds, _ = tool.run(args.model, weights, videos)
+        seconds, theirs = tool.run(args.model, weights, videos)
         vcf_default, _ = vcf_csv(work, args.model, weights, videos)
+        frames = sum(np.load(path, mmap_mode="r").shape[0] for path in theirs.values())  # one row a frame
         rows.append([f"video_features {args.model} fp32 b{args.batch_size_vf}, round {round_no}", frames, seconds])
         rows.append([f"vcf features --csv {args.model} (auto precision), round {round_no}", frames, vcf_default])
     compare_weights = common.random_weights(args.compare_model, work / f"{args.compare_model}-random.pth")

@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,14 +43,7 @@ def wall(argv: list[str], env: dict[str, str], repeat: int) -> float:
     Raises:
         SystemExit: The command failed.
     """
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run = subprocess.run(argv, env=env, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if run.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} failed:\n{run.stderr[-2000:]}")
-    return statistics.median(times)
+    return statistics.median(common.timed(argv, env=env) for _ in range(repeat))
 
 
 def one_frame_collection(work: Path) -> Path:

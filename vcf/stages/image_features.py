@@ -97,18 +97,19 @@ def features_from_images(
                 "files_sha256": layout.files_digest(coll, [path for _, path in items]),  # the frames' sizes and mtimes
             },
         }
-        compiled_settings = {**settings, "compiled": "torch.compile"}  # absent when eager: earlier manifests match
-        other = None  # the choice not taken, whose complete outputs are kept (an automatic choice varies by size)
+        # Complete eager outputs kept by an automatic choice to compile (it varies with the run's size). Eager
+        # settings lack "compiled", so an eager run already finds complete compiled outputs up to date.
+        eager_settings = None
         if compile_model is None:
             choice = choose_compile(
                 record.name, chosen_precision, device_kind(torch_device), len(items), torch.get_num_threads()
             )
             compile_model, compiled_reason = choice.compile, choice.reason
-            other = settings if compile_model else compiled_settings
+            eager_settings = settings if compile_model else None
         else:
             compiled_reason = "compiled (--compile)" if compile_model else None
         if compile_model:
-            settings = compiled_settings
+            settings = {**settings, "compiled": "torch.compile"}
         job = ImageJob(
             extractor=extractor,
             # Registry means and stds are on the [0, 1] scale whatever the model's original value scale.
@@ -129,8 +130,8 @@ def features_from_images(
         count = len(ids)
         with OutputLock(coll.features_lock(outputs_lock_key(outputs), None if spec is None else spec.name)):
             clean_stale_temps(coll.feature_root)
-            if other is not None and not run.overwrite and outputs_complete(outputs, other, oversample):
-                work["settings"] = other
+            if eager_settings and not run.overwrite and outputs_complete(outputs, eager_settings, oversample):
+                work["settings"] = eager_settings
                 result.compiled = None
             manifests = pending_outputs(outputs, work["settings"], oversample, run.overwrite, result)
             if not manifests:
